@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make serve` and `make test`. Both build .venv from the package registries.
+PYTHON ?= python3
+VENV ?= .venv
+# torch is pinned through constraints.txt: an unpinned torch pulls several GB of CUDA packages.
+PIP = $(VENV)/bin/pip install --quiet --constraint constraints.txt
+
+.PHONY: serve test lint train-default clean
+
+$(VENV)/bin/pip:
+	$(PYTHON) -m venv $(VENV)
+
+# The serving install: no torch, no diffusers.
+$(VENV)/.serve-installed: pyproject.toml constraints.txt | $(VENV)/bin/pip
+	$(PIP) --editable .
+	touch $@
+
+# The test install adds the train and dev extras.
+$(VENV)/.test-installed: pyproject.toml constraints.txt | $(VENV)/bin/pip
+	$(PIP) --editable '.[train,dev]'
+	touch $@ $(VENV)/.serve-installed
+
+serve: $(VENV)/.serve-installed
+	$(VENV)/bin/xraysr serve
+
+test: $(VENV)/.test-installed
+	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check service training tests
+	$(VENV)/bin/mypy service
+
+# Reproduces the shipped model from ../shared/data/cxr (docs/RESULTS.md gives the measured numbers).
+train-default: $(VENV)/.test-installed
+	$(VENV)/bin/xraysr prepare --images ../shared/data/cxr --manifest ../shared/data/cxr/manifest.csv \
+		--views "PA,AP,AP Supine" --out runs/data/cxr --seed 0
+	$(VENV)/bin/xraysr train-vae --config configs/vae_cxr.yaml
+	$(VENV)/bin/xraysr train --config configs/sr_cxr.yaml
+	$(VENV)/bin/xraysr evaluate --checkpoint runs/sr_cxr/checkpoints/step_0003000.pt --split test \
+		--steps 25 --out runs/sr_cxr/eval_test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,38 @@
+"""The `xraysr` command. Serving commands need only the base install; training commands need '.[train]'."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from service import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xraysr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"xraysr {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # training.cli imports no torch at module level, so listing its commands is free.
+    from training import cli as training_cli
+
+    training_cli.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        # Expected user errors (bad paths, bad configs) end with one clear line, not a traceback.
+        print(f"xraysr {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

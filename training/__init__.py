@@ -1,0 +1,1 @@
+"""The workstation half of xraysr: data preparation, VAE, UNet-lite, diffusion training, evaluation."""

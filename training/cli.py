@@ -1,0 +1,115 @@
+"""The training half of the `xraysr` command: prepare, train-vae, train, evaluate.
+
+Nothing heavy is imported here at module level: `xraysr --help` must work on a serving-only install.
+Each handler imports its module when it runs, and says which extra to install when torch is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def _require_training_extra() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise ValueError("this command needs the training extra: pip install -c constraints.txt '.[train]'") from error
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from training.prepare import prepare
+
+    if args.metadata and args.manifest:
+        raise ValueError("give --metadata (NIH layout) or --manifest (folder layout), not both")
+    report = prepare(
+        args.images,
+        args.out,
+        metadata=args.metadata,
+        manifest=args.manifest,
+        views=tuple(view.strip() for view in args.views.split(",") if view.strip()),
+        seed=args.seed,
+        workers=args.workers,
+        hr_interpolation=args.hr_interpolation,
+    )
+    print(json.dumps(report.to_dict() if hasattr(report, "to_dict") else report, indent=2, default=str))
+    return 0
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    _require_training_extra()
+    from training.config import VAETrainConfig, load_config
+    from training.train_vae import train_vae
+
+    print(train_vae(load_config(args.config, VAETrainConfig), resume=_resume(args)))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    _require_training_extra()
+    from training.config import SRTrainConfig, load_config
+    from training.train import train_sr
+
+    print(train_sr(load_config(args.config, SRTrainConfig), resume=_resume(args)))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    _require_training_extra()
+    from training.evaluate import evaluate
+
+    report = evaluate(
+        args.checkpoint,
+        split=args.split,
+        out_dir=args.out,
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        data_root=args.data,
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> str | Path | None:
+    return None if args.restart else (args.resume or "auto")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    prepare = commands.add_parser("prepare", help="raw X-rays → HR_256/, LR_64/, splits.csv (split by patient)")
+    prepare.add_argument("--images", type=Path, required=True, help="folder of X-ray images")
+    source = prepare.add_mutually_exclusive_group()
+    source.add_argument("--metadata", type=Path, help="NIH Data_Entry_2017.csv")
+    source.add_argument("--manifest", type=Path, help="manifest.csv with filename, patient_id, view")
+    prepare.add_argument("--out", type=Path, required=True)
+    prepare.add_argument("--views", default="PA", help="comma-separated views to keep (default PA)")
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--workers", type=int, default=os.cpu_count())
+    prepare.add_argument("--hr-interpolation", default="area", choices=["area", "cubic", "lanczos"])
+    prepare.set_defaults(handler=_prepare)
+
+    for name, handler, help_text in (
+        ("train-vae", _train_vae, "train the chest-X-ray VAE from a YAML config"),
+        ("train", _train, "train the latent-diffusion SR model from a YAML config"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--config", type=Path, required=True)
+        command.add_argument("--resume", type=Path, help="checkpoint to resume (default: the run's latest)")
+        command.add_argument("--restart", action="store_true", help="start afresh; refuses a run with checkpoints")
+        command.set_defaults(handler=handler)
+
+    evaluate = commands.add_parser("evaluate", help="PSNR/SSIM of the model, the VAE ceiling and bicubic")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="an SR checkpoint from `xraysr train`")
+    evaluate.add_argument("--data", type=Path, help="prepared data root (default: the one in the checkpoint)")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--steps", type=int, default=25)
+    evaluate.add_argument("--sampler", default="ddim", choices=["ddim", "dpmsolver++"])
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, grid.png")
+    evaluate.set_defaults(handler=_evaluate)

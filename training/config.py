@@ -1,0 +1,169 @@
+"""Typed run configuration: one YAML file per run in configs/, validated on load.
+
+Every knob of a run lives here, so a run is reproduced from its YAML alone. Choices are strings
+(``Literal``), not booleans, following diffusers' PHILOSOPHY.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    # A misspelt key in a YAML file is an error, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    root: Path = Field(description="A folder written by `xraysr prepare`: HR_256/, LR_64/, splits.csv.")
+    hr_size: int = Field(256, gt=0)
+    lr_size: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _integer_scale(self) -> DataConfig:
+        if self.hr_size % self.lr_size:
+            raise ValueError(f"hr_size {self.hr_size} is not a multiple of lr_size {self.lr_size}")
+        return self
+
+
+class AugmentConfig(_Strict):
+    """Paired augmentation, applied identically to the LR and HR of a pair."""
+
+    hflip_probability: float = Field(0.5, ge=0, le=1)
+    max_rotation_degrees: float = Field(15.0, ge=0, le=45)
+    brightness_jitter: float = Field(0.05, ge=0, le=0.5, description="Max additive shift on the [-1, 1] scale.")
+
+
+class CxrVAEConfig(_Strict):
+    """The project's own 1-channel chest-X-ray VAE."""
+
+    kind: Literal["cxr"] = "cxr"
+    latent_channels: int = Field(
+        16, gt=0, description="f*f (16) gives an identity-initialised, lossless-capable latent."
+    )
+    downsample_factor: Literal[4] = 4
+    hidden_channels: int = Field(32, gt=0)
+    num_res_blocks: int = Field(2, ge=0)
+    checkpoint: Path | None = Field(
+        None, description="Weights from `xraysr train-vae`; required to train the SR model."
+    )
+
+
+class DiffusersVAEConfig(_Strict):
+    """A pretrained diffusers VAE, frozen; grayscale is replicated to its 3 input channels."""
+
+    kind: Literal["diffusers"] = "diffusers"
+    architecture: Literal["autoencoder_kl", "autoencoder_tiny"] = "autoencoder_kl"
+    model: str = Field(description="A hub id (resolved offline from the local cache) or a local folder.")
+    subfolder: str | None = None
+
+
+VAEConfig = Annotated[CxrVAEConfig | DiffusersVAEConfig, Field(discriminator="kind")]
+
+
+class UNetConfig(_Strict):
+    base_channels: int = Field(32, gt=0)
+    channel_multipliers: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = Field(1, ge=1)
+    time_embed_dim: int = Field(128, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class DiffusionConfig(_Strict):
+    num_train_timesteps: int = Field(1000, gt=1)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    # "residual": diffuse z(HR) - z(bicubic LR), ResShift-style; "latent": diffuse z(HR) itself.
+    target: Literal["residual", "latent"] = "residual"
+    target_scale: float | Literal["auto"] = Field(
+        "auto", description="Multiplier bringing the diffused target to unit std; 'auto' measures it on train data."
+    )
+    sampler: Literal["ddim", "dpmsolver++"] = "ddim"
+    sample_steps: int = Field(25, ge=1, le=1000)
+    eta: float = Field(0.0, ge=0, le=1)
+
+
+class OptimConfig(_Strict):
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    batch_size: int = Field(16, gt=0)
+    max_steps: int = Field(2000, gt=0)
+    grad_clip_norm: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+
+
+class ScheduleConfig(_Strict):
+    """How often the loop does its side jobs, in optimiser steps."""
+
+    checkpoint_every: int = Field(500, gt=0)
+    validate_every: int = Field(500, gt=0)
+    sample_grid_every: int = Field(500, gt=0)
+    log_every: int = Field(25, gt=0)
+    validation_images: int = Field(16, gt=0)
+
+
+class _RunConfig(_Strict):
+    run_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: Path = Path("runs")
+    seed: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Ignored on CPU.")
+    data: DataConfig
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.run_name
+
+
+class VAETrainConfig(_RunConfig):
+    vae: CxrVAEConfig = CxrVAEConfig()
+    kl_weight: float = Field(1e-4, ge=0, description="Weight of the per-element KL; see vae.kl_divergence.")
+    l1_weight: float = Field(1.0, gt=0)
+    mse_weight: float = Field(0.0, ge=0)
+
+
+class SRTrainConfig(_RunConfig):
+    vae: VAEConfig
+    unet: UNetConfig = UNetConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+
+    @model_validator(mode="after")
+    def _vae_has_weights(self) -> SRTrainConfig:
+        if isinstance(self.vae, CxrVAEConfig) and self.vae.checkpoint is None:
+            raise ValueError("vae.checkpoint is required: train one with `xraysr train-vae` first")
+        return self
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not validate; the message names the file and the fields."""
+
+
+def load_config(path: str | Path, config_type: type[ConfigT]) -> ConfigT:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config {path}: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return config_type.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or '<root>'}: {issue['msg']}" for issue in error.errors()
+        )
+        raise ConfigError(f"invalid config {path}: {problems}") from error
+
+
+def save_config(config: BaseModel, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,144 @@
+"""Latent diffusion for SR: what is diffused, the diffusers schedulers, and the PyTorch reference sampler.
+
+The diffused sample ``x0`` is, by default, the residual between the HR latent and the latent of the
+bicubic-upsampled LR image (ResShift's observation: the LR already carries most of the image, so the
+model only has to add what bicubic misses), multiplied by ``target_scale`` to unit variance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from training.config import DiffusionConfig
+
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+class ConditionEncoder(nn.Module):
+    """LR image → LR latent: bicubic upsampling to the HR grid, then the frozen VAE's encoder.
+
+    The upsampling lives inside this module so that it is exported into the encoder's ONNX graph (a
+    cubic ``Resize``) and the appliance needs no image library that agrees with torch's bicubic.
+    """
+
+    def __init__(self, vae: nn.Module, scale_factor: int) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scale_factor = scale_factor
+
+    def forward(self, lr_image: Tensor) -> Tensor:
+        return self.vae.encode(upsample_bicubic(lr_image, self.scale_factor))
+
+
+def upsample_bicubic(image: Tensor, scale_factor: int) -> Tensor:
+    # a = -0.75 and half-pixel centres, the same kernel as cv2.INTER_CUBIC and ONNX Resize(cubic).
+    return F.interpolate(image, scale_factor=scale_factor, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+
+
+def make_training_scheduler(config: DiffusionConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        clip_sample=False,
+    )
+
+
+def make_sampling_scheduler(config: DiffusionConfig, sampler: str | None = None):
+    """DDIM or DPM-Solver++ on the training noise schedule.
+
+    "trailing" spacing starts sampling at the last training timestep, where the latent really is pure
+    noise (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", table 2).
+    """
+    shared = dict(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        timestep_spacing="trailing",
+    )
+    match sampler or config.sampler:
+        case "ddim":
+            return DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **shared)
+        case "dpmsolver++":
+            return DPMSolverMultistepScheduler(
+                algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero", **shared
+            )
+        case other:
+            raise ValueError(f"unknown sampler {other!r}; expected 'ddim' or 'dpmsolver++'")
+
+
+def diffusion_sample(hr_latent: Tensor, lr_latent: Tensor, config: DiffusionConfig, target_scale: float) -> Tensor:
+    """The clean sample x0 the model learns to generate."""
+    match config.target:
+        case "residual":
+            return (hr_latent - lr_latent) * target_scale
+        case "latent":
+            return hr_latent * target_scale
+
+
+def hr_latent_from_sample(sample: Tensor, lr_latent: Tensor, config: DiffusionConfig, target_scale: float) -> Tensor:
+    """The inverse of ``diffusion_sample``."""
+    match config.target:
+        case "residual":
+            return sample / target_scale + lr_latent
+        case "latent":
+            return sample / target_scale
+
+
+def regression_target(scheduler: DDPMScheduler, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    """What the network is trained to output for its prediction type."""
+    match scheduler.config.prediction_type:
+        case "epsilon":
+            return noise
+        case "sample":
+            return sample
+        case "v_prediction":
+            return scheduler.get_velocity(sample, noise, timesteps)
+        case other:
+            raise ValueError(f"unknown prediction type {other!r}")
+
+
+@torch.no_grad()
+def sample_latent(
+    denoiser: Denoiser,
+    lr_latent: Tensor,
+    config: DiffusionConfig,
+    target_scale: float,
+    steps: int,
+    generator: torch.Generator,
+    sampler: str | None = None,
+) -> Tensor:
+    """The reference reverse-diffusion loop: pure noise → x0 → HR latent (deterministic for eta=0)."""
+    scheduler = make_sampling_scheduler(config, sampler)
+    scheduler.set_timesteps(steps, device=lr_latent.device)
+    noise = torch.randn(lr_latent.shape, generator=generator, dtype=torch.float32).to(lr_latent.device)
+    sample = noise * scheduler.init_noise_sigma
+    step_kwargs = {"eta": config.eta} if isinstance(scheduler, DDIMScheduler) else {}
+    for timestep in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(sample, timestep)
+        prediction = denoiser(model_input, timestep.expand(sample.shape[0]), lr_latent)
+        sample = scheduler.step(prediction, timestep, sample, generator=generator, **step_kwargs).prev_sample
+    return hr_latent_from_sample(sample, lr_latent, config, target_scale)
+
+
+@torch.no_grad()
+def super_resolve(
+    denoiser: Denoiser,
+    condition_encoder: ConditionEncoder,
+    vae: nn.Module,
+    lr_image: Tensor,
+    config: DiffusionConfig,
+    target_scale: float,
+    steps: int,
+    generator: torch.Generator,
+    sampler: str | None = None,
+) -> Tensor:
+    """LR images ``B×1×64×64`` in [-1, 1] → SR images ``B×1×256×256`` in [-1, 1]."""
+    lr_latent = condition_encoder(lr_image)
+    hr_latent = sample_latent(denoiser, lr_latent, config, target_scale, steps, generator, sampler)
+    return vae.decode(hr_latent).clamp(-1.0, 1.0)
