@@ -32,3 +32,39 @@ def build_cxr_root(root: Path, splits: list[str]) -> Path:
 def tiny_cxr_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 train, 2 val, 2 test pairs of real chest X-rays."""
     return build_cxr_root(tmp_path_factory.mktemp("tiny_cxr"), ["train"] * 4 + ["val"] * 2 + ["test"] * 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_dir(tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real engines/<model> folder exported from a tiny SR model trained for 2 steps on real X-rays.
+
+    Its images are meaningless, but every ONNX file, checksum and manifest field is the real thing.
+    """
+    torch = pytest.importorskip("torch", reason="exporting a model needs the train extra")
+    from training.config import SRTrainConfig
+    from training.export import export_model
+    from training.train import train_sr
+    from training.vae import CxrVAE
+
+    work = tmp_path_factory.mktemp("tiny_engine")
+    torch.save(CxrVAE(hidden_channels=8, num_res_blocks=1).state_dict(), work / "vae.pt")
+    config = SRTrainConfig.model_validate(
+        {
+            "run_name": "tiny",
+            "output_dir": str(work / "runs"),
+            "data": {"root": str(tiny_cxr_root)},
+            "vae": {"kind": "cxr", "hidden_channels": 8, "num_res_blocks": 1, "checkpoint": str(work / "vae.pt")},
+            "unet": {"base_channels": 8, "channel_multipliers": [1, 2], "time_embed_dim": 16},
+            "diffusion": {"prediction_type": "v_prediction", "sample_steps": 2},
+            "optim": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1},
+            "schedule": {"validation_images": 1},
+        }
+    )
+    checkpoint = train_sr(config, resume=None)
+    export_model(checkpoint, work / "engine", "tiny", version="tiny-test", steps=(2, 4, 50))
+    return work / "engine"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_engine_dir: Path) -> Path:
+    return tiny_engine_dir.parent / "runs" / "tiny" / "checkpoints" / "step_0000002.pt"

@@ -75,6 +75,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    _require_training_extra()
+    from training.export import export_model
+
+    manifest = export_model(
+        args.checkpoint,
+        args.out,
+        args.model or args.out.name,
+        version=args.version,
+        steps=(args.min_steps, args.default_steps, args.max_steps),
+    )
+    print(f"exported {manifest.model} {manifest.version} to {args.out}")
+    return 0
+
+
 def _resume(args: argparse.Namespace) -> str | Path | None:
     return None if args.restart else (args.resume or "auto")
 
@@ -113,3 +128,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, grid.png")
     evaluate.set_defaults(handler=_evaluate)
+
+    export = commands.add_parser("export", help="SR checkpoint → engines/<model>/ (ONNX files + manifest.json)")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True, help="engines/<model> folder")
+    export.add_argument("--model", help="model name (default: the folder name)")
+    export.add_argument("--version", help="model version (default: <model>-step<N>-<date>)")
+    export.add_argument("--min-steps", type=int, default=10)
+    export.add_argument("--default-steps", type=int, default=25)
+    export.add_argument("--max-steps", type=int, default=50)
+    export.set_defaults(handler=_export)

@@ -112,12 +112,18 @@ def sample_latent(
     steps: int,
     generator: torch.Generator,
     sampler: str | None = None,
+    initial_noise: Tensor | None = None,
 ) -> Tensor:
-    """The reference reverse-diffusion loop: pure noise → x0 → HR latent (deterministic for eta=0)."""
+    """The reference reverse-diffusion loop: pure noise → x0 → HR latent (deterministic for eta=0).
+
+    ``initial_noise`` replaces the draw from ``generator`` for x_T, so another implementation of the loop
+    (the service's numpy sampler) can be compared on the very same start.
+    """
     scheduler = make_sampling_scheduler(config, sampler)
     scheduler.set_timesteps(steps, device=lr_latent.device)
-    noise = torch.randn(lr_latent.shape, generator=generator, dtype=torch.float32).to(lr_latent.device)
-    sample = noise * scheduler.init_noise_sigma
+    if initial_noise is None:
+        initial_noise = torch.randn(lr_latent.shape, generator=generator, dtype=torch.float32)
+    sample = initial_noise.to(lr_latent.device) * scheduler.init_noise_sigma
     step_kwargs = {"eta": config.eta} if isinstance(scheduler, DDIMScheduler) else {}
     for timestep in scheduler.timesteps:
         model_input = scheduler.scale_model_input(sample, timestep)
@@ -137,8 +143,9 @@ def super_resolve(
     steps: int,
     generator: torch.Generator,
     sampler: str | None = None,
+    initial_noise: Tensor | None = None,
 ) -> Tensor:
     """LR images ``B×1×64×64`` in [-1, 1] → SR images ``B×1×256×256`` in [-1, 1]."""
     lr_latent = condition_encoder(lr_image)
-    hr_latent = sample_latent(denoiser, lr_latent, config, target_scale, steps, generator, sampler)
+    hr_latent = sample_latent(denoiser, lr_latent, config, target_scale, steps, generator, sampler, initial_noise)
     return vae.decode(hr_latent).clamp(-1.0, 1.0)

@@ -40,7 +40,12 @@ class SRPipeline:
 
     @torch.no_grad()
     def __call__(
-        self, lr_image: torch.Tensor, steps: int, generator: torch.Generator, sampler: str | None = None
+        self,
+        lr_image: torch.Tensor,
+        steps: int,
+        generator: torch.Generator,
+        sampler: str | None = None,
+        initial_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``B×1×64×64`` LR in [-1, 1] → ``B×1×256×256`` SR in [-1, 1]."""
         return super_resolve(
@@ -53,4 +58,5 @@ class SRPipeline:
             steps,
             generator,
             sampler,
+            initial_noise,
         )

@@ -1,0 +1,159 @@
+"""The engines/ contract: ``engines/<model>/manifest.json``, defined here and written by training/export.py.
+
+A manifest names each ONNX component with its checksum and tensor signature, and carries everything the
+appliance needs to run the reverse diffusion without torch or diffusers: pixel normalisation, latent
+scaling, and the sampler's noise table. The service refuses a manifest it does not understand, or a file
+whose checksum differs, with a message that says which and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+COMPONENTS = ("encoder", "unet", "decoder")
+
+
+class _Contract(BaseModel):
+    # An unknown key means a newer writer; refusing it beats silently ignoring what it meant.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Contract):
+    name: str
+    shape: tuple[int | str, ...] = Field(description="Integers, or a name for a dynamic axis ('batch').")
+    dtype: Literal["float32", "float16", "int64"]
+
+
+class Component(_Contract):
+    path: str = Field(pattern=r"^[A-Za-z0-9_.-]+\.onnx$", description="A file name beside the manifest.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class ImageSpec(_Contract):
+    """8-bit pixels p map to model values x = p / 127.5 - 1 and back by round((x + 1) * 127.5)."""
+
+    lr_size: int = Field(gt=0)
+    hr_size: int = Field(gt=0)
+    channels: Literal[1] = 1
+    normalisation: Literal["uint8_to_minus1_1"] = "uint8_to_minus1_1"
+
+
+class LatentSpec(_Contract):
+    channels: int = Field(gt=0)
+    size: int = Field(gt=0)
+    target: Literal["residual", "latent"]
+    target_scale: float = Field(gt=0)
+
+
+class SamplerSpec(_Contract):
+    kind: Literal["ddim"] = "ddim"
+    prediction_type: Literal["epsilon", "sample", "v_prediction"]
+    num_train_timesteps: int = Field(gt=1)
+    timestep_spacing: Literal["trailing"] = "trailing"
+    eta: Literal[0.0] = 0.0
+    alphas_cumprod: tuple[float, ...]
+    min_steps: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    default_steps: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamplerSpec:
+        if len(self.alphas_cumprod) != self.num_train_timesteps:
+            raise ValueError(
+                f"alphas_cumprod has {len(self.alphas_cumprod)} entries, expected num_train_timesteps "
+                f"= {self.num_train_timesteps}"
+            )
+        if not all(0.0 < a < 1.0 for a in self.alphas_cumprod):
+            raise ValueError("alphas_cumprod must lie strictly between 0 and 1")
+        if any(later > earlier for earlier, later in zip(self.alphas_cumprod, self.alphas_cumprod[1:])):
+            raise ValueError("alphas_cumprod must not increase with the timestep")
+        if not self.min_steps <= self.default_steps <= self.max_steps <= self.num_train_timesteps:
+            raise ValueError(
+                f"need min_steps <= default_steps <= max_steps <= num_train_timesteps, got {self.min_steps}, "
+                f"{self.default_steps}, {self.max_steps}, {self.num_train_timesteps}"
+            )
+        return self
+
+
+class Manifest(_Contract):
+    format_version: Literal[1] = FORMAT_VERSION
+    model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    version: str = Field(min_length=1)
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    components: dict[Literal["encoder", "unet", "decoder"], Component]
+    image: ImageSpec
+    latent: LatentSpec
+    sampler: SamplerSpec
+    provenance: dict[str, str | int | float] = Field(default_factory=dict, description="Free-form: run, commit…")
+
+    @model_validator(mode="after")
+    def _all_components(self) -> Manifest:
+        missing = [name for name in COMPONENTS if name not in self.components]
+        if missing:
+            raise ValueError(f"components {missing} are missing; a model needs {list(COMPONENTS)}")
+        return self
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read, is not understood, or does not match its files."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    """Parses and validates ``model_dir/manifest.json`` without touching the ONNX files."""
+    path = Path(model_dir) / MANIFEST_NAME
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ManifestError(f"no {MANIFEST_NAME} in {model_dir}: is this an engines/<model> folder?") from error
+    except (OSError, json.JSONDecodeError) as error:
+        raise ManifestError(f"cannot read {path}: {error}") from error
+    if isinstance(raw, dict) and raw.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(
+            f"{path} has format_version {raw.get('format_version')!r}; this xraysr understands {FORMAT_VERSION}"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or '<root>'}: {issue['msg']}" for issue in error.errors()
+        )
+        raise ManifestError(f"{path} is not a valid xraysr manifest: {problems}") from error
+
+
+def load_manifest(model_dir: Path) -> Manifest:
+    """Reads the manifest and checks every component's file exists with the recorded sha256."""
+    manifest = read_manifest(model_dir)
+    for name, component in manifest.components.items():
+        file = Path(model_dir) / component.path
+        if not file.is_file():
+            raise ManifestError(f"{name} file {file} named in the manifest does not exist")
+        actual = sha256_of(file)
+        if actual != component.sha256:
+            raise ManifestError(
+                f"{name} file {file} has sha256 {actual}, the manifest says {component.sha256}: "
+                "the file was changed or the manifest belongs to another export"
+            )
+    return manifest
+
+
+def write_manifest(manifest: Manifest, model_dir: Path) -> Path:
+    path = Path(model_dir) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=1) + "\n")
+    return path

@@ -1,0 +1,36 @@
+"""ONNX Runtime on the CPU: one InferenceSession per manifest component, created once at start-up."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+class OnnxRuntime:
+    backend = "onnxruntime"
+
+    def __init__(self, manifest: Manifest, model_dir: Path, threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        # One request at a time per session keeps latency predictable on a small box; concurrency is
+        # bounded above this layer (settings.max_concurrent_requests).
+        options.inter_op_num_threads = 1
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._output_names: dict[str, str] = {}
+        for name, component in manifest.components.items():
+            path = Path(model_dir) / component.path
+            self._sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._output_names[name] = component.outputs[0].name
+            logger.info("loaded %s from %s", name, path)
+
+    def run(self, component: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        (output,) = self._sessions[component].run([self._output_names[component]], inputs)
+        return output

@@ -1,0 +1,59 @@
+"""Deterministic DDIM (eta = 0) in numpy, from the manifest's noise table: the appliance's reverse diffusion.
+
+Song et al. 2021, "Denoising Diffusion Implicit Models", equation (12) with sigma = 0. It reproduces
+diffusers' ``DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)``, which
+the training side samples with; tests/service/test_sampler.py pins the two together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.manifest import SamplerSpec
+
+
+class DDIMSampler:
+    def __init__(self, spec: SamplerSpec) -> None:
+        self.spec = spec
+        self.alphas_cumprod = np.asarray(spec.alphas_cumprod, dtype=np.float64)
+        self.timesteps: np.ndarray | None = None
+        self._step_ratio = 0
+
+    def set_timesteps(self, steps: int) -> np.ndarray:
+        """ "trailing" spacing: the first step is the last training timestep, where x_T really is noise."""
+        if not self.spec.min_steps <= steps <= self.spec.max_steps:
+            raise ValueError(f"steps must be in [{self.spec.min_steps}, {self.spec.max_steps}], got {steps}")
+        train_steps = self.spec.num_train_timesteps
+        self._step_ratio = train_steps // steps
+        spacing = train_steps / steps
+        self.timesteps = np.round(np.arange(train_steps, 0, -spacing)).astype(np.int64) - 1
+        return self.timesteps
+
+    def step(self, model_output: np.ndarray, timestep: int, sample: np.ndarray) -> np.ndarray:
+        """One update x_t → x_{t-Δ}."""
+        if self.timesteps is None:
+            raise ValueError("call set_timesteps() before step()")
+        # 1. previous step value (= t - Δ); past the first timestep, alpha is 1: the sample is x0 itself
+        previous = timestep - self._step_ratio
+        alpha_t = self.alphas_cumprod[timestep]
+        alpha_previous = self.alphas_cumprod[previous] if previous >= 0 else 1.0
+        beta_t = 1.0 - alpha_t
+        # 2. predicted x0 and predicted noise, from whichever the model outputs (DDIM eq. (12), "predicted x0")
+        match self.spec.prediction_type:
+            case "epsilon":
+                predicted_noise = model_output
+                predicted_x0 = (sample - np.sqrt(beta_t) * model_output) / np.sqrt(alpha_t)
+            case "sample":
+                predicted_x0 = model_output
+                predicted_noise = (sample - np.sqrt(alpha_t) * model_output) / np.sqrt(beta_t)
+            case "v_prediction":
+                predicted_x0 = np.sqrt(alpha_t) * sample - np.sqrt(beta_t) * model_output
+                predicted_noise = np.sqrt(alpha_t) * model_output + np.sqrt(beta_t) * sample
+        # 3. "direction pointing to x_t" with sigma = 0, then x_{t-1} (eq. (12))
+        direction = np.sqrt(1.0 - alpha_previous) * predicted_noise
+        return (np.sqrt(alpha_previous) * predicted_x0 + direction).astype(np.float32)
+
+
+def initial_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """x_T for a seed: the same seed gives the same image on every backend."""
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)

@@ -1,0 +1,70 @@
+"""service/manifest.py: the engines/ contract refuses what it does not understand, with a clear message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.manifest import ManifestError, load_manifest, read_manifest, sha256_of
+
+
+@pytest.fixture()
+def engine_copy(tiny_engine_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_engine_dir, tmp_path / "engine"))
+
+
+def _edit(model_dir: Path, change) -> None:
+    path = model_dir / "manifest.json"
+    raw = json.loads(path.read_text())
+    change(raw)
+    path.write_text(json.dumps(raw))
+
+
+def test_a_real_export_loads_and_its_checksums_match(engine_copy: Path) -> None:
+    manifest = load_manifest(engine_copy)
+    for component in manifest.components.values():
+        assert sha256_of(engine_copy / component.path) == component.sha256
+
+
+def test_a_changed_file_is_refused_naming_it(engine_copy: Path) -> None:
+    with (engine_copy / "unet.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ManifestError, match=r"unet file .*unet\.onnx has sha256 [0-9a-f]{64}, the manifest says"):
+        load_manifest(engine_copy)
+    read_manifest(engine_copy)  # the manifest itself is still fine
+
+
+def test_a_missing_file_is_refused(engine_copy: Path) -> None:
+    (engine_copy / "decoder.onnx").unlink()
+    with pytest.raises(ManifestError, match="decoder file .* does not exist"):
+        load_manifest(engine_copy)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda raw: raw.update(format_version=2), "format_version 2; this xraysr understands 1"),
+        (lambda raw: raw.update(colour="yes"), "colour: Extra inputs are not permitted"),
+        (lambda raw: raw["components"].pop("unet"), r"components \['unet'\] are missing"),
+        (lambda raw: raw["sampler"].update(kind="euler"), "sampler.kind"),
+        (lambda raw: raw["sampler"].update(alphas_cumprod=[0.5] * 10), "alphas_cumprod has 10 entries"),
+        (lambda raw: raw["sampler"].update(default_steps=99), "min_steps <= default_steps <= max_steps"),
+        (lambda raw: raw["components"]["unet"].update(path="../unet.onnx"), "components.unet.path"),
+        (lambda raw: raw.update(precision="int4"), "precision"),
+    ],
+)
+def test_a_manifest_it_does_not_understand_is_refused(engine_copy: Path, change, message: str) -> None:
+    _edit(engine_copy, change)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(engine_copy)
+
+
+def test_no_manifest_and_broken_json(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no manifest.json in"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(ManifestError, match="cannot read"):
+        read_manifest(tmp_path)

@@ -1,0 +1,75 @@
+"""service/sampler.py: numpy DDIM against diffusers' DDIMScheduler, the reference the model was trained with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.manifest import SamplerSpec
+from service.sampler import DDIMSampler, initial_noise
+
+torch = pytest.importorskip("torch", reason="the reference scheduler comes with the train extra")
+diffusers = pytest.importorskip("diffusers", reason="the reference scheduler comes with the train extra")
+
+
+def _spec(prediction_type: str = "epsilon", beta_schedule: str = "linear") -> SamplerSpec:
+    from training.config import DiffusionConfig
+    from training.diffusion import make_training_scheduler
+
+    config = DiffusionConfig(beta_schedule=beta_schedule, prediction_type=prediction_type)
+    alphas = make_training_scheduler(config).alphas_cumprod
+    return SamplerSpec(
+        prediction_type=prediction_type,
+        num_train_timesteps=1000,
+        alphas_cumprod=tuple(float(a) for a in alphas),
+        min_steps=1,
+        default_steps=25,
+        max_steps=1000,
+    )
+
+
+def test_trailing_timesteps_are_pinned() -> None:
+    sampler = DDIMSampler(_spec())
+    assert sampler.set_timesteps(5).tolist() == [999, 799, 599, 399, 199]
+    assert sampler.set_timesteps(25)[:3].tolist() == [999, 959, 919]
+    assert sampler.set_timesteps(25)[-1] == 39
+
+
+@pytest.mark.parametrize("steps", [5, 25, 30])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_matches_diffusers_ddim_trailing(prediction_type: str, steps: int) -> None:
+    from training.config import DiffusionConfig
+    from training.diffusion import make_sampling_scheduler
+
+    reference = make_sampling_scheduler(DiffusionConfig(prediction_type=prediction_type), "ddim")
+    reference.set_timesteps(steps)
+    sampler = DDIMSampler(_spec(prediction_type))
+    timesteps = sampler.set_timesteps(steps)
+    assert timesteps.tolist() == reference.timesteps.tolist()
+
+    rng = np.random.default_rng(0)
+    sample = initial_noise((1, 4, 8, 8), seed=1)
+    reference_sample = torch.from_numpy(sample.copy())
+    for timestep in timesteps:
+        # A stand-in model output that depends on the sample, so errors would compound across steps.
+        output = (0.3 * sample + 0.1 * rng.standard_normal(sample.shape)).astype(np.float32)
+        sample = sampler.step(output, int(timestep), sample)
+        reference_sample = reference.step(
+            torch.from_numpy(output), int(timestep), reference_sample, eta=0.0
+        ).prev_sample
+    np.testing.assert_allclose(sample, reference_sample.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_step_before_set_timesteps_and_out_of_range_steps_raise() -> None:
+    spec = _spec().model_copy(update={"min_steps": 10, "max_steps": 50})
+    sampler = DDIMSampler(spec)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        sampler.step(np.zeros((1, 1, 2, 2), np.float32), 999, np.zeros((1, 1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"\[10, 50\], got 51"):
+        sampler.set_timesteps(51)
+
+
+def test_initial_noise_is_seeded() -> None:
+    assert np.array_equal(initial_noise((2, 3), 5), initial_noise((2, 3), 5))
+    assert not np.array_equal(initial_noise((2, 3), 5), initial_noise((2, 3), 6))
+    assert initial_noise((2, 3), 5).dtype == np.float32

@@ -1,0 +1,77 @@
+"""training/export.py: each ONNX file matches PyTorch, and the numpy + ONNX Runtime service pipeline matches
+the PyTorch reference sampler for the same seed and steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from service.manifest import load_manifest
+from service.pipeline import SRPipeline as ServicePipeline
+from service.pipeline import to_model_range
+from service.runtimes import load_runtime
+from service.sampler import initial_noise
+from training.data import PairDataset, to_uint8
+from training.export import _Decoder
+from training.metrics import psnr
+from training.pipeline import SRPipeline
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint: Path) -> SRPipeline:
+    return SRPipeline.from_checkpoint(tiny_checkpoint)
+
+
+def _onnx(engine_dir: Path, name: str) -> ort.InferenceSession:
+    return ort.InferenceSession(str(engine_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_each_component_matches_pytorch(tiny_engine_dir: Path, reference: SRPipeline) -> None:
+    generator = torch.Generator().manual_seed(0)
+    lr_image = torch.rand(2, 1, 64, 64, generator=generator) * 2 - 1  # batch 2: the batch axis is dynamic
+    latent = torch.randn(2, 16, 64, 64, generator=generator)
+    timestep = torch.tensor([999.0, 17.0])
+    cases = {
+        "encoder": (reference.condition_encoder, {"lr_image": lr_image}),
+        "unet": (reference.unet, {"noisy_latent": latent, "timestep": timestep, "lr_latent": latent.flip(0)}),
+        "decoder": (_Decoder(reference.vae), {"hr_latent": latent.clamp(-1, 1)}),
+    }
+    for name, (module, inputs) in cases.items():
+        with torch.no_grad():
+            expected = module(*inputs.values()).numpy()
+        (actual,) = _onnx(tiny_engine_dir, name).run(None, {k: v.numpy() for k, v in inputs.items()})
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_service_pipeline_matches_the_pytorch_reference_sampler(
+    tiny_engine_dir: Path, reference: SRPipeline, tiny_cxr_root: Path
+) -> None:
+    manifest = load_manifest(tiny_engine_dir)
+    service = ServicePipeline(manifest, load_runtime("onnxruntime", manifest, tiny_engine_dir))
+    lr_u8 = to_uint8(PairDataset(reference.config.data, "val")[0][0])[0].numpy()
+    for steps, seed in ((4, 7), (25, 123)):
+        served = service.upscale(lr_u8, steps=steps, seed=seed)
+        noise = torch.from_numpy(initial_noise((1, 16, 64, 64), seed))
+        lr = torch.from_numpy(to_model_range(lr_u8))[None, None]
+        expected = to_uint8(reference(lr, steps, torch.Generator(), initial_noise=noise))[0, 0].numpy()
+        assert served.image.shape == (256, 256) and served.image.dtype == np.uint8
+        assert psnr(served.image, expected) >= 40.0
+        assert set(served.stage_seconds) == {"encode", "denoise", "vae_decode"}
+    other_seed = service.upscale(lr_u8, steps=4, seed=8).image
+    assert not np.array_equal(other_seed, service.upscale(lr_u8, steps=4, seed=7).image)
+
+
+def test_manifest_describes_the_export(tiny_engine_dir: Path, reference: SRPipeline) -> None:
+    manifest = load_manifest(tiny_engine_dir)
+    assert manifest.model == "tiny" and manifest.version == "tiny-test" and manifest.precision == "fp32"
+    assert [spec.name for spec in manifest.components["unet"].inputs] == ["noisy_latent", "timestep", "lr_latent"]
+    assert manifest.components["encoder"].inputs[0].shape == ("batch", 1, 64, 64)
+    assert manifest.components["decoder"].outputs[0].shape == ("batch", 1, 256, 256)
+    assert manifest.latent.target_scale == pytest.approx(reference.target_scale)
+    assert manifest.sampler.prediction_type == "v_prediction"
+    assert (manifest.sampler.min_steps, manifest.sampler.default_steps, manifest.sampler.max_steps) == (2, 4, 50)
+    assert manifest.sampler.alphas_cumprod[0] == pytest.approx(1 - 1e-4)
