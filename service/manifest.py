@@ -74,7 +74,7 @@ class SamplerSpec(_Contract):
             )
         if not all(0.0 < a < 1.0 for a in self.alphas_cumprod):
             raise ValueError("alphas_cumprod must lie strictly between 0 and 1")
-        if any(later > earlier for earlier, later in zip(self.alphas_cumprod, self.alphas_cumprod[1:])):
+        if any(later > earlier for earlier, later in zip(self.alphas_cumprod, self.alphas_cumprod[1:], strict=False)):
             raise ValueError("alphas_cumprod must not increase with the timestep")
         if not self.min_steps <= self.default_steps <= self.max_steps <= self.num_train_timesteps:
             raise ValueError(

@@ -13,8 +13,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from service.manifest import Component, ImageSpec, LatentSpec, Manifest, SamplerSpec, TensorSpec, sha256_of
-from service.manifest import write_manifest
+from service.manifest import (
+    Component,
+    ImageSpec,
+    LatentSpec,
+    Manifest,
+    SamplerSpec,
+    TensorSpec,
+    sha256_of,
+    write_manifest,
+)
 from training.diffusion import make_training_scheduler
 from training.pipeline import SRPipeline
 
