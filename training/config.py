@@ -46,7 +46,7 @@ class CxrVAEConfig(_Strict):
         16, gt=0, description="f*f (16) gives an identity-initialised, lossless-capable latent."
     )
     downsample_factor: Literal[4] = 4
-    hidden_channels: int = Field(32, gt=0)
+    hidden_channels: int = Field(32, gt=0, multiple_of=8, description="A multiple of the 8 GroupNorm groups.")
     num_res_blocks: int = Field(2, ge=0)
     checkpoint: Path | None = Field(
         None, description="Weights from `xraysr train-vae`; required to train the SR model."
@@ -66,7 +66,7 @@ VAEConfig = Annotated[CxrVAEConfig | DiffusersVAEConfig, Field(discriminator="ki
 
 
 class UNetConfig(_Strict):
-    base_channels: int = Field(32, gt=0)
+    base_channels: int = Field(32, gt=0, multiple_of=8, description="A multiple of the 8 GroupNorm groups.")
     channel_multipliers: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = Field(1, ge=1)
     time_embed_dim: int = Field(128, gt=0)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from PIL import Image
 from torch.nn import functional as F
 from torch.utils.tensorboard import SummaryWriter
 
@@ -65,9 +66,10 @@ def validate(
     config: SRTrainConfig,
     target_scale: float,
     device: torch.device,
+    images: int,
 ) -> tuple[dict[str, float], np.ndarray]:
     """PSNR/SSIM of the EMA model and of bicubic on the first validation images; and a sample grid."""
-    count = min(config.schedule.validation_images, len(dataset))
+    count = min(images, len(dataset))
     lr, hr = dataset.pairs(torch.arange(count))
     generator = torch.Generator().manual_seed(config.seed)
     sr = super_resolve(
@@ -187,12 +189,21 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
             writer.add_scalar("train/grad_norm", float(grad_norm), step)
             writer.add_scalar("train/learning_rate", lr_schedule.get_last_lr()[0], step)
             logger.info("step %d loss %.4f (%.1f s)", step, loss.item(), time.monotonic() - started)
-        if writer is not None and (step % config.schedule.validate_every == 0 or step == config.optim.max_steps):
-            scores, grid = validate(ema.model, encoder, val_set, config, target_scale, device)
+        is_last = step == config.optim.max_steps
+        grid = None
+        if writer is not None and (step % config.schedule.validate_every == 0 or is_last):
+            scores, grid = validate(
+                ema.model, encoder, val_set, config, target_scale, device, config.schedule.validation_images
+            )
             for name, value in scores.items():
                 writer.add_scalar(f"val/{name}", value, step)
-            writer.add_image("val/lr_bicubic_sr_hr", grid[None], step)
             logger.info("step %d validation %s", step, json.dumps({k: round(v, 4) for k, v in scores.items()}))
+        if writer is not None and (step % config.schedule.sample_grid_every == 0 or is_last):
+            if grid is None:
+                _, grid = validate(ema.model, encoder, val_set, config, target_scale, device, images=4)
+            writer.add_image("val/lr_bicubic_sr_hr", grid[None], step)
+            (run_dir / "samples").mkdir(exist_ok=True)
+            Image.fromarray(grid).save(run_dir / "samples" / f"step_{step:07d}.png")
         if accelerator.is_main_process and (
             step % config.schedule.checkpoint_every == 0 or step == config.optim.max_steps
         ):

@@ -121,8 +121,11 @@ class PretrainedVAE(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.latent_channels = int(model.config.latent_channels)
         self.scaling_factor = float(getattr(model.config, "scaling_factor", 1.0))
-        block_count = len(model.config.block_out_channels) if hasattr(model.config, "block_out_channels") else 4
-        self.downsample_factor = 2 ** (block_count - 1)
+        # Measured, not read from the config: AutoencoderKL and AutoencoderTiny describe it differently.
+        probe_size = 64
+        with torch.no_grad():
+            probe = self.encode(torch.zeros(1, 1, probe_size, probe_size))
+        self.downsample_factor = probe_size // probe.shape[-1]
 
     def encode(self, image: Tensor) -> Tensor:
         rgb = image.expand(-1, 3, -1, -1)
@@ -145,12 +148,19 @@ def load_pretrained_vae(config: DiffusersVAEConfig) -> PretrainedVAE:
         case "autoencoder_tiny":
             model_class = AutoencoderTiny
     try:
-        model = model_class.from_pretrained(config.model, subfolder=config.subfolder, local_files_only=True)
-    except (OSError, ValueError) as error:
+        stored = model_class.load_config(config.model, subfolder=config.subfolder, local_files_only=True)
+    except OSError as error:
         raise FileNotFoundError(
             f"cannot load {config.architecture} VAE {config.model!r} from local files (xraysr never downloads "
             f"weights; put the model folder on disk and name it): {error}"
         ) from error
+    # diffusers would build the requested class from another class's folder with random weights and only
+    # log the unused ones: a silently random frozen codec. Refuse it here.
+    if stored.get("_class_name") != model_class.__name__:
+        raise ValueError(
+            f"{config.model!r} holds a {stored.get('_class_name')}, but vae.architecture is {config.architecture!r}"
+        )
+    model = model_class.from_pretrained(config.model, subfolder=config.subfolder, local_files_only=True)
     return PretrainedVAE(model)
 
 

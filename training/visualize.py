@@ -22,8 +22,8 @@ def comparison_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
         if len(row) != columns:
             raise ValueError(f"row {r} has {len(row)} images, expected {columns}")
         for c, image in enumerate(row):
-            if image.dtype != np.uint8 or image.ndim != 2:
-                raise ValueError(f"grid images must be 2-D uint8, got {image.dtype} {image.shape}")
+            if image.dtype != np.uint8 or image.ndim != 2 or image.shape[0] != image.shape[1]:
+                raise ValueError(f"grid images must be square 2-D uint8, got {image.dtype} {image.shape}")
             tile = cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST) if image.shape[0] != size else image
             grid[r * (size + gap) : r * (size + gap) + size, c * (size + gap) : c * (size + gap) + size] = tile
     return grid

@@ -99,6 +99,8 @@ def test_train_sr_resume_reproduces_the_uninterrupted_run(
     assert final == straight.run_dir / "checkpoints" / "step_0000004.pt"
     assert (straight.run_dir / "config.yaml").is_file()
     assert list((straight.run_dir / "tensorboard").iterdir())
+    sample_grid = np.array(Image.open(straight.run_dir / "samples" / "step_0000004.png"))
+    assert sample_grid.shape == (256, 4 * 256 + 3 * 4)  # one validation image: LR | bicubic | SR | HR
 
     interrupted = sr_config(tiny_cxr_root, tmp_path / "b", identity_vae_weights)
     (interrupted.run_dir / "checkpoints").mkdir(parents=True)
