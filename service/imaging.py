@@ -1,0 +1,469 @@
+"""PNG and DICOM bytes in and out: what the service accepts, what it refuses, and why.
+
+Every refusal is an ``ImageError`` subclass carrying the HTTP ``status_code`` the route answers with and a
+``message`` written for the person who has to fix the sending system. Sizes are written WIDTHxHEIGHT.
+
+Rules (decode_image):
+1. Body: an empty body is 400 (``EmptyBody``); the body-size limit is the caller's (``check_body_size``, 413).
+2. Content type (parameters after ``;`` ignored, case-insensitive): ``image/png`` is read as PNG,
+   ``application/dicom`` as DICOM; no type or ``application/octet-stream`` is sniffed (PNG signature, or "DICM"
+   at byte 128). Anything else, or an octet-stream that is neither, is 415 (``UnsupportedMediaType``).
+3. PNG: only Pillow's PNG reader is used; a body that is not a PNG (a JPEG sent as image/png, text) is 422.
+   The header is checked before any pixel is decoded: width x height over ``max_pixels`` (default 4096x4096)
+   is refused as a decompression bomb, then the size must be exactly ``expected_size`` square (``WrongSize``,
+   422, naming the size received). Animated PNGs are refused. A corrupt or truncated PNG is 422.
+4. PNG pixels: 8-bit grayscale (mode L) is used as is. 16-bit grayscale is mapped to 8 bits over the full
+   16-bit range (round(value * 255 / 65535)), not min-max: min-max would re-window every image differently.
+   RGB, RGBA, LA and palette images are accepted only when they are grayscale stored as colour (after
+   compositing any alpha on black, no channel differs from another by more than 2 levels), and become ITU-R 601
+   luma, exactly as the training data was made. Real colour, 1-bit and floating-point images are refused (422).
+5. DICOM (needs pydicom; without it, 415): a Part 10 file ("DICM" at byte 128), one frame, Rows and Columns equal
+   to ``expected_size``, SamplesPerPixel 1, MONOCHROME1 or MONOCHROME2, 8 or 16 bits allocated. Colour,
+   multi-frame and Modality LUT Sequence images are refused (422); compressed transfer syntaxes whose decoder is
+   not installed are refused (422) with pydicom's reason.
+6. DICOM pixels: RescaleSlope/RescaleIntercept are applied, then the first WindowCenter/WindowWidth pair is
+   applied (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT or SIGMOID) when the file has one; otherwise the full stored
+   range (0 .. 2^BitsStored - 1, or the signed range) is mapped onto 0..255. MONOCHROME1 is then inverted so
+   that bone is always bright. An 8-bit MONOCHROME2 file without a window comes through unchanged.
+7. ``DecodedImage.conversion`` records what was done: None (used as is), "16bit_rescaled", "rgb_to_luma",
+   "rgba_to_luma", "la_to_luma", "palette_to_luma" (PNG); "full_range_rescaled" or "window_applied", with
+   "+monochrome1_inverted" appended when inverted, or "monochrome1_inverted" alone (DICOM).
+
+encode_png writes a 2-D uint8 array as an 8-bit grayscale PNG (zlib level 3: fast, still small at 256x256).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import warnings
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DICOM_MAGIC = b"DICM"
+DICOM_MAGIC_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
+ACCEPTED_CONTENT_TYPES = ("image/png", "application/dicom")
+SNIFFED_CONTENT_TYPES = ("application/octet-stream",)
+MAX_CHANNEL_DIFFERENCE = 2  # levels; grayscale saved as RGB by JPEG-era tools drifts by a level or two
+PNG_COMPRESS_LEVEL = 3
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+COLOUR_MODE_CONVERSIONS = {
+    "RGB": "rgb_to_luma",
+    "RGBA": "rgba_to_luma",
+    "LA": "la_to_luma",
+    "P": "palette_to_luma",
+    "PA": "palette_to_luma",
+}
+SourceFormat = Literal["png", "dicom"]
+
+# What Pillow raises on hostile bytes: decoder failures are OSError, header parsing raises the rest.
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError, TypeError)
+# pydicom converts element values lazily, so any attribute access on a parsed file can raise these.
+_DICOM_ERRORS = _PILLOW_ERRORS + (AttributeError, NotImplementedError, RuntimeError, OverflowError)
+# warnings.catch_warnings swaps the process-wide filter list; two request threads doing it at once can leave
+# "error" installed for good. The guarded section only parses the PNG header, so serialising it costs nothing.
+_PNG_OPEN_LOCK = threading.Lock()
+
+
+class ImageError(ValueError):
+    """A request body the service refuses; ``status_code`` is the HTTP answer, ``message`` the reason."""
+
+    status_code: ClassVar[int] = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class EmptyBody(ImageError):
+    status_code = 400
+
+
+class BodyTooLarge(ImageError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ImageError):
+    status_code = 415
+
+
+class InvalidImage(ImageError):
+    """Not an image, corrupt, truncated, a decompression bomb or a broken DICOM: 422 Unprocessable Content."""
+
+    status_code = 422
+
+
+class WrongSize(InvalidImage):
+    pass
+
+
+class UnsupportedPixels(InvalidImage):
+    pass
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing ndarrays field-wise has no single truth value
+class DecodedImage:
+    pixels: np.ndarray  # uint8, H x W, range [0, 255], read-only
+    source_format: SourceFormat
+    conversion: str | None
+
+
+def check_body_size(size_bytes: int, max_bytes: int) -> None:
+    """Raise ``BodyTooLarge`` (413) when a body (or its Content-Length) exceeds ``max_bytes``."""
+    if size_bytes > max_bytes:
+        raise BodyTooLarge(f"the request body is {size_bytes} bytes; this server accepts at most {max_bytes} bytes")
+
+
+def decode_image(
+    data: bytes, content_type: str | None, expected_size: int = 64, max_pixels: int = 4096 * 4096
+) -> DecodedImage:
+    """Decode a PNG or DICOM body into an ``expected_size`` square uint8 array, or raise an ``ImageError``."""
+    if not data:
+        raise EmptyBody("the request body is empty: send the image file's bytes")
+    if _source_format(data, content_type) == "png":
+        pixels, conversion = _decode_png(data, expected_size, max_pixels)
+        source_format: SourceFormat = "png"
+    else:
+        pixels, conversion = _decode_dicom(data, expected_size, max_pixels)
+        source_format = "dicom"
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8).copy()
+    pixels.setflags(write=False)
+    return DecodedImage(pixels=pixels, source_format=source_format, conversion=conversion)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Write a 2-D uint8 array (range [0, 255]) as an 8-bit grayscale PNG. A wrong array is a ValueError."""
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.size == 0:
+        shape, dtype = getattr(pixels, "shape", None), getattr(pixels, "dtype", type(pixels).__name__)
+        raise ValueError(f"encode_png takes a non-empty 2-D uint8 array (H x W); got shape {shape}, dtype {dtype}")
+    buffer = BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def _source_format(data: bytes, content_type: str | None) -> SourceFormat:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type == "image/png":
+        return "png"
+    if media_type == "application/dicom":
+        return "dicom"
+    accepted = " or ".join(ACCEPTED_CONTENT_TYPES)
+    if media_type and media_type not in SNIFFED_CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            f"content type {media_type!r} is not supported: send {accepted} "
+            "(or application/octet-stream to have the format detected)"
+        )
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if _is_dicom_file(data):
+        return "dicom"
+    received = _looks_like(data)
+    raise UnsupportedMediaType(
+        f"could not recognise the body{' (it looks like ' + received + ')' if received else ''}: "
+        f"it is neither a PNG nor a DICOM file with 'DICM' at byte 128; send {accepted}"
+    )
+
+
+def _is_dicom_file(data: bytes) -> bool:
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC
+
+
+def _looks_like(data: bytes) -> str | None:
+    """A name for what a body seems to be, so that a refusal can say what it got."""
+    if data.startswith(PNG_SIGNATURE):
+        return "a PNG"
+    if _is_dicom_file(data):
+        return "a DICOM file"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "a JPEG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "a GIF"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "a TIFF"
+    if data.startswith(b"BM"):
+        return "a BMP"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "a WebP"
+    if data.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n"):
+        return "a JPEG 2000"
+    try:
+        data[:512].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "text"
+
+
+def _check_size(width: int, height: int, expected_size: int) -> None:
+    if (width, height) != (expected_size, expected_size):
+        raise WrongSize(f"expected a {expected_size}x{expected_size} image, got {width}x{height}")
+
+
+def _check_pixel_count(width: int, height: int, frames: int, max_pixels: int) -> None:
+    if width * height * frames > max_pixels:
+        raise InvalidImage(
+            f"the header declares {width}x{height}{f' x {frames} frames' if frames > 1 else ''} = "
+            f"{width * height * frames} pixels, over this server's limit of {max_pixels} pixels "
+            "(decompression-bomb guard); nothing was decoded"
+        )
+
+
+# --- PNG -------------------------------------------------------------------------------------------------------
+
+
+def _decode_png(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.ndarray, str | None]:
+    if not data.startswith(PNG_SIGNATURE):
+        received = _looks_like(data)
+        raise InvalidImage(f"the body is not a PNG{' (it looks like ' + received + ')' if received else ''}")
+    # 1. Header only: format, size, frames and mode are known before a single pixel is inflated.
+    image = _open_png_header(data)
+    with image:
+        if image.format != "PNG":  # formats=("PNG",) already guarantees it; kept as the stated contract
+            raise InvalidImage(f"the body is not a PNG (it was read as {image.format})")
+        width, height = image.size
+        _check_pixel_count(width, height, 1, max_pixels)
+        _check_size(width, height, expected_size)
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            raise UnsupportedPixels(f"animated PNG with {frames} frames: xraysr takes a single still image")
+        if image.mode not in ("L", *SIXTEEN_BIT_MODES, *COLOUR_MODE_CONVERSIONS):
+            raise UnsupportedPixels(_refused_mode_message(image.mode))
+        # 2. Decode every byte now, so that a truncated file fails here and not half-way through the model.
+        try:
+            image.load()
+        except _PILLOW_ERRORS as error:
+            raise InvalidImage(f"corrupt or truncated PNG: {error}") from error
+        # 3. Map the pixel format to 8-bit grayscale.
+        return _png_to_gray8(image)
+
+
+def _open_png_header(data: bytes) -> Image.Image:
+    with _PNG_OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(BytesIO(data), formats=("PNG",))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise InvalidImage(f"decompression bomb refused before decoding: {error}") from error
+        except UnidentifiedImageError as error:
+            raise InvalidImage("corrupt PNG: its header (IHDR chunk) cannot be read") from error
+        except _PILLOW_ERRORS as error:
+            raise InvalidImage(f"corrupt PNG header: {error}") from error
+    return image
+
+
+def _refused_mode_message(mode: str) -> str:
+    if mode == "1":
+        return "1-bit (black and white) image: xraysr takes 8- or 16-bit grayscale X-rays"
+    if mode == "F":
+        return "floating-point image: xraysr takes 8- or 16-bit grayscale X-rays"
+    return f"pixel format {mode}: xraysr takes 8- or 16-bit grayscale X-rays"
+
+
+def _png_to_gray8(image: Image.Image) -> tuple[np.ndarray, str | None]:
+    mode = image.mode
+    if mode == "L":
+        return np.asarray(image), None
+    if mode in SIXTEEN_BIT_MODES:
+        return _rescale_16bit(np.asarray(image)), "16bit_rescaled"
+    try:
+        # Grayscale stored as colour: composite alpha on black, then luma, as training/prepare.py made the data.
+        if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            conversion = "rgba_to_luma" if mode == "RGB" else COLOUR_MODE_CONVERSIONS[mode]
+        else:
+            conversion = COLOUR_MODE_CONVERSIONS[mode]
+        rgb = image.convert("RGB")
+        channels = np.asarray(rgb, dtype=np.int16)
+        luma = np.asarray(rgb.convert("L"))  # ITU-R 601-2: L = R * 299/1000 + G * 587/1000 + B * 114/1000
+    except _PILLOW_ERRORS as error:
+        raise InvalidImage(f"corrupt PNG: its pixels cannot be converted: {error}") from error
+    difference = int(np.abs(channels - np.roll(channels, 1, axis=-1)).max())  # |R-B|, |G-R|, |B-G|
+    if difference > MAX_CHANNEL_DIFFERENCE:
+        raise UnsupportedPixels(
+            f"colour image: xraysr takes grayscale X-rays (its colour channels differ by up to {difference} "
+            f"levels; grayscale saved as colour is accepted when they differ by at most {MAX_CHANNEL_DIFFERENCE})"
+        )
+    return luma, conversion
+
+
+def _rescale_16bit(values: np.ndarray) -> np.ndarray:
+    # The full 16-bit range, not min-max: min-max would stretch every image to its own window.
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise UnsupportedPixels(f"pixel values {low}..{high} do not fit 16-bit grayscale (0..65535)")
+    return np.rint(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+
+
+# --- DICOM -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DicomHeader:
+    """The attributes decoding needs, read once inside the pydicom error choke-point."""
+
+    rows: int
+    columns: int
+    frames: int
+    samples_per_pixel: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    slope: float
+    intercept: float
+    window: tuple[float, float] | None  # (center, width)
+    voi_function: str
+    has_modality_lut_sequence: bool
+    transfer_syntax: str
+
+
+def _decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.ndarray, str | None]:
+    try:
+        import pydicom
+        from pydicom.errors import BytesLengthException, InvalidDicomError
+    except ImportError as error:
+        raise UnsupportedMediaType(
+            "DICOM input needs the pydicom package, which is not installed on this server "
+            "(pip install pydicom); send a PNG instead"
+        ) from error
+    errors = (InvalidDicomError, BytesLengthException, *_DICOM_ERRORS)
+    # 1. Parse and read the header.
+    try:
+        dataset = pydicom.dcmread(BytesIO(data))
+    except errors as error:
+        received = _looks_like(data)
+        hint = f" (it looks like {received})" if received and received != "a DICOM file" else ""
+        raise InvalidImage(f"not a readable DICOM file{hint}: {error}") from error
+    try:
+        header = _read_dicom_header(dataset)
+    except ImageError:  # a missing element, already explained; ImageError is a ValueError, so let it through
+        raise
+    except errors as error:
+        raise InvalidImage(f"corrupt DICOM header: {error}") from error
+    # 2. Refuse what cannot be an X-ray for this model, before decoding pixels.
+    _check_dicom_header(header, expected_size, max_pixels)
+    # 3. Decode the stored values.
+    try:
+        stored = np.asarray(dataset.pixel_array)
+    except errors as error:
+        raise InvalidImage(f"cannot decode the DICOM pixel data ({header.transfer_syntax}): {error}") from error
+    if stored.shape != (header.rows, header.columns):
+        raise InvalidImage(f"DICOM pixel data has shape {stored.shape}, its header says {header.rows}x{header.columns}")
+    # 4. Modality LUT, then VOI (window or full range) onto 0..255, then MONOCHROME1 inversion.
+    return _dicom_to_gray8(stored, header)
+
+
+def _read_dicom_header(dataset: Any) -> _DicomHeader:  # a pydicom Dataset; pydicom is imported lazily
+    for keyword in ("Rows", "Columns", "BitsAllocated", "PixelData"):
+        if keyword not in dataset:
+            raise InvalidImage(f"the DICOM file has no {keyword} element: it is not an image")
+    window_center = _first_value(dataset.get("WindowCenter"))
+    window_width = _first_value(dataset.get("WindowWidth"))
+    window = None
+    if window_center is not None and window_width is not None:
+        window = (float(window_center), float(window_width))
+    file_meta = getattr(dataset, "file_meta", None)
+    transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    return _DicomHeader(
+        rows=int(dataset.Rows),
+        columns=int(dataset.Columns),
+        frames=int(_value_or(dataset, "NumberOfFrames", 1)),
+        samples_per_pixel=int(_value_or(dataset, "SamplesPerPixel", 1)),
+        photometric=str(_value_or(dataset, "PhotometricInterpretation", "")).strip().upper(),
+        bits_allocated=int(dataset.BitsAllocated),
+        bits_stored=int(_value_or(dataset, "BitsStored", dataset.BitsAllocated)),
+        signed=int(_value_or(dataset, "PixelRepresentation", 0)) == 1,
+        slope=float(_value_or(dataset, "RescaleSlope", 1.0)),
+        intercept=float(_value_or(dataset, "RescaleIntercept", 0.0)),
+        window=window,
+        voi_function=str(_value_or(dataset, "VOILUTFunction", "LINEAR")).strip().upper(),
+        has_modality_lut_sequence="ModalityLUTSequence" in dataset,
+        transfer_syntax=getattr(transfer_syntax, "name", None) or str(transfer_syntax or "unknown transfer syntax"),
+    )
+
+
+def _value_or(dataset: Any, keyword: str, default: Any) -> Any:
+    """The element's value, or ``default`` when it is absent or empty (0 is a value, not a default)."""
+    value = dataset.get(keyword)
+    return default if value is None or value == "" else value
+
+
+def _first_value(value: Any) -> Any:  # a pydicom value: None, "", a number or a MultiValue
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+        return value[0] if len(value) else None
+    return value
+
+
+def _check_dicom_header(header: _DicomHeader, expected_size: int, max_pixels: int) -> None:
+    if header.frames < 1:
+        raise InvalidImage(f"invalid NumberOfFrames {header.frames}")
+    if header.frames > 1:
+        raise UnsupportedPixels(f"multi-frame DICOM with {header.frames} frames: xraysr takes a single image")
+    _check_pixel_count(header.columns, header.rows, header.frames, max_pixels)
+    _check_size(header.columns, header.rows, expected_size)
+    if header.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnsupportedPixels(
+            f"DICOM PhotometricInterpretation {header.photometric or 'missing'}: xraysr takes grayscale X-rays "
+            "(MONOCHROME1 or MONOCHROME2)"
+        )
+    if header.samples_per_pixel != 1:
+        raise InvalidImage(f"DICOM SamplesPerPixel {header.samples_per_pixel} is invalid for {header.photometric}")
+    if header.bits_allocated not in (8, 16) or not 1 <= header.bits_stored <= header.bits_allocated:
+        raise UnsupportedPixels(
+            f"DICOM with BitsAllocated {header.bits_allocated}, BitsStored {header.bits_stored}: "
+            "xraysr takes 8- or 16-bit allocated grayscale"
+        )
+    if header.has_modality_lut_sequence:
+        raise UnsupportedPixels("DICOM with a Modality LUT Sequence: only RescaleSlope/RescaleIntercept are supported")
+    if header.slope == 0 or not np.isfinite([header.slope, header.intercept]).all():
+        raise InvalidImage(f"invalid RescaleSlope {header.slope} / RescaleIntercept {header.intercept}")
+    if header.window is not None:
+        center, width = header.window
+        if header.voi_function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            raise UnsupportedPixels(f"VOILUTFunction {header.voi_function} is not supported")
+        # LINEAR divides by (width - 1) and needs width >= 1; LINEAR_EXACT and SIGMOID need width > 0.
+        usable = width >= 1.0 if header.voi_function == "LINEAR" else width > 0.0
+        if not (np.isfinite(center) and np.isfinite(width) and usable):
+            raise InvalidImage(f"invalid window: WindowCenter {center}, WindowWidth {width}")
+
+
+def _dicom_to_gray8(stored: np.ndarray, header: _DicomHeader) -> tuple[np.ndarray, str | None]:
+    values = stored.astype(np.float64) * header.slope + header.intercept  # PS3.3 C.11.1.1.2 modality LUT
+    steps: list[str] = []
+    if header.window is not None:
+        gray = _apply_window(values, *header.window, header.voi_function)
+        steps.append("window_applied")
+    else:
+        if header.signed:
+            low_stored, high_stored = -(2 ** (header.bits_stored - 1)), 2 ** (header.bits_stored - 1) - 1
+        else:
+            low_stored, high_stored = 0, 2**header.bits_stored - 1
+        ends = sorted(end * header.slope + header.intercept for end in (low_stored, high_stored))
+        gray = (values - ends[0]) * (255.0 / (ends[1] - ends[0]))
+        if (low_stored, high_stored, header.slope, header.intercept) != (0, 255, 1.0, 0.0):
+            steps.append("full_range_rescaled")
+    gray8 = np.rint(np.clip(gray, 0.0, 255.0)).astype(np.uint8)
+    if header.photometric == "MONOCHROME1":  # PS3.3 C.7.6.3.1.2: minimum value is white
+        gray8 = 255 - gray8
+        steps.append("monochrome1_inverted")
+    return gray8, "+".join(steps) or None
+
+
+def _apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2-3 VOI LUT functions onto [0, 255]."""
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):  # exp overflows to inf far below the window, giving exactly 0
+            return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0) * 255.0
+    if width == 1.0:  # the LINEAR formula's (w - 1) vanishes: a threshold at c - 0.5
+        return np.where(values > center - 0.5, 255.0, 0.0)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0) * 255.0
