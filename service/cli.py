@@ -8,13 +8,17 @@ import sys
 from collections.abc import Sequence
 
 from service import __version__
+from service import commands as service_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xraysr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"xraysr {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO (serve: XRAYSR_LOG_LEVEL)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    service_commands.add_commands(commands)
     # training.cli imports no torch at module level, so listing its commands is free.
     from training import cli as training_cli
 
@@ -25,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level or "INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
     except (FileNotFoundError, FileExistsError, ValueError) as error:

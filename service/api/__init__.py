@@ -1,0 +1,1 @@
+"""HTTP routes, one module per group: upscale, probes (healthz/readyz), metrics."""

@@ -1,0 +1,196 @@
+"""`xraysr bench`: per-stage latency (p50/p95) and throughput, in-process and over HTTP, and against the
+PyTorch reference sampler when torch is installed, all measured in one run so they compare as ratios.
+
+Timings are never asserted in tests: a shared machine makes absolute numbers noisy. They go to
+docs/BENCHMARKS.md with the command, the machine and the date.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.imaging import encode_png
+from service.manifest import load_manifest
+from service.pipeline import SRPipeline
+from service.runtimes import Backend, load_runtime
+
+STAGES = ("encode", "denoise", "vae_decode")
+
+
+@dataclass
+class Series:
+    """Seconds per stage over repeated runs of one configuration."""
+
+    name: str
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, stage: str, value: float) -> None:
+        self.seconds.setdefault(stage, []).append(value)
+
+    def percentile(self, stage: str, q: float) -> float:
+        return float(np.percentile(self.seconds[stage], q))
+
+    def images_per_second(self) -> float:
+        return 1.0 / float(np.mean(self.seconds["total"]))
+
+
+def machine_description() -> str:
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    described = f"{platform.machine()}, {os.cpu_count()} cores"
+    return f"{described}{', ' + model if model else ''}, Python {platform.python_version()}"
+
+
+def _time(series: Series, runs: int, call: Callable[[], dict[str, float]]) -> Series:
+    for _ in range(runs):
+        started = time.perf_counter()
+        stages = call()
+        for stage, seconds in stages.items():
+            series.add(stage, seconds)
+        series.add("total", time.perf_counter() - started)
+    return series
+
+
+def bench_in_process(pipeline: SRPipeline, image: np.ndarray, steps: int, runs: int) -> Series:
+    pipeline.upscale(image, steps, seed=0)  # warm-up: first-run allocations are not what a user waits for
+    return _time(Series("ONNX Runtime, in-process"), runs, lambda: pipeline.upscale(image, steps, seed=1).stage_seconds)
+
+
+def bench_torch_reference(checkpoint: Path, image: np.ndarray, steps: int, runs: int) -> Series:
+    import torch
+
+    from training.pipeline import SRPipeline as TorchPipeline
+
+    reference = TorchPipeline.from_checkpoint(checkpoint)
+    lr = torch.from_numpy(image.astype(np.float32) / 127.5 - 1.0)[None, None]
+
+    def run() -> dict[str, float]:
+        reference(lr, steps, torch.Generator().manual_seed(1))
+        return {}
+
+    run()
+    return _time(Series("PyTorch reference sampler (diffusers DDIM), in-process"), runs, run)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def bench_http(engines_dir: Path, model: str, image: np.ndarray, steps: int, runs: int, threads: int | None) -> Series:
+    """Starts `xraysr serve` on a free loopback port and times requests end to end."""
+    import httpx
+
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--engines-dir",
+        str(engines_dir),
+        "--model",
+        model,
+    ]
+    if threads:
+        command += ["--threads", str(threads)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                if server.poll() is not None:
+                    error_output = server.stderr.read().decode() if server.stderr else ""
+                    raise RuntimeError(f"xraysr serve exited: {error_output[-2000:]}")
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("xraysr serve did not become ready within 120 s")
+                time.sleep(0.2)
+            body = encode_png(image)
+
+            def run() -> dict[str, float]:
+                response = client.post(
+                    "/upscale", params={"steps": steps, "seed": 1}, content=body, headers={"Content-Type": "image/png"}
+                )
+                response.raise_for_status()
+                return {
+                    entry.split(";")[0].strip(): float(entry.split("dur=")[1]) / 1000
+                    for entry in response.headers["Server-Timing"].split(",")
+                }
+
+            run()
+            return _time(Series("over HTTP (uvicorn, loopback)"), runs, run)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def markdown(series: list[Series], command: str, steps: int, runs: int) -> str:
+    lines = [
+        f"### {datetime.date.today():%Y-%m-%d} — {steps} steps, {runs} runs each",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_description()}",
+        "",
+        "| configuration | stage | p50 (ms) | p95 (ms) |",
+        "|---|---|---|---|",
+    ]
+    for entry in series:
+        for stage in entry.seconds:
+            lines.append(
+                f"| {entry.name} | {stage} | {entry.percentile(stage, 50) * 1000:.1f} | "
+                f"{entry.percentile(stage, 95) * 1000:.1f} |"
+            )
+    lines += ["", "| configuration | images/s | relative to the first |", "|---|---|---|"]
+    first = series[0].images_per_second()
+    for entry in series:
+        lines.append(f"| {entry.name} | {entry.images_per_second():.2f} | {entry.images_per_second() / first:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(
+    engines_dir: Path,
+    model: str,
+    image: np.ndarray,
+    steps: int,
+    runs: int,
+    backend: Backend = "onnxruntime",
+    threads: int | None = None,
+    http: bool = True,
+    checkpoint: Path | None = None,
+) -> list[Series]:
+    model_dir = engines_dir / model
+    manifest = load_manifest(model_dir)
+    pipeline = SRPipeline(manifest, load_runtime(backend, manifest, model_dir, threads))
+    series = [bench_in_process(pipeline, image, steps, runs)]
+    if http:
+        series.append(bench_http(engines_dir, model, image, steps, runs, threads))
+    if checkpoint is not None:
+        series.append(bench_torch_reference(checkpoint, image, steps, runs))
+    return series

@@ -1,0 +1,189 @@
+"""The serving half of the `xraysr` command: `serve` (the HTTP appliance) and `upscale` (files, in-process)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from service.pipeline import SRPipeline
+
+logger = logging.getLogger(__name__)
+
+INPUT_TYPES = {".png": "image/png", ".dcm": "application/dicom"}
+
+
+def _settings_from(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
+    """XRAYSR_* environment variables, overridden by whichever of these flags were given."""
+    return load_settings(**{name: getattr(args, name) for name in names})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings_from(
+        args,
+        (
+            "host",
+            "port",
+            "engines_dir",
+            "model",
+            "backend",
+            "precision",
+            "threads",
+            "max_concurrent_requests",
+            "max_queued_requests",
+            "max_body_bytes",
+            "log_level",
+        ),
+    )
+    logging.getLogger().setLevel(settings.log_level)
+    import uvicorn
+
+    from service.app import create_app
+    from service.engine import check_manifest
+
+    # The lifespan loads the model again; checking the contract here first turns a wrong folder, checksum or
+    # precision into one line and a non-zero exit instead of uvicorn's start-up traceback.
+    check_manifest(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    return 0
+
+
+def _upscale(args: argparse.Namespace) -> int:
+    settings = _settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
+    source: Path = args.input
+    if source.is_dir():
+        pairs = [
+            (path, args.output / f"{path.stem}.png")
+            for path in sorted(source.iterdir())
+            if path.is_file() and path.suffix.lower() in INPUT_TYPES
+        ]
+        if not pairs:
+            raise ValueError(f"{source} holds no {' or '.join(f'*{suffix}' for suffix in INPUT_TYPES)} files")
+        clashes = sorted({output.name for _, output in pairs if [o for _, o in pairs].count(output) > 1})
+        if clashes:
+            raise ValueError(f"{source} has inputs that would all be written to {', '.join(clashes)}; rename one")
+        args.output.mkdir(parents=True, exist_ok=True)
+    elif source.is_file():
+        output = args.output / f"{source.stem}.png" if args.output.is_dir() else args.output
+        pairs = [(source, output)]
+    else:
+        raise FileNotFoundError(f"input {source} does not exist")
+
+    from tqdm import tqdm
+
+    from service.engine import load_pipeline
+
+    pipeline = load_pipeline(settings, warm_up=False)
+    sampler = pipeline.manifest.sampler
+    steps = sampler.default_steps if args.steps is None else args.steps
+    if not sampler.min_steps <= steps <= sampler.max_steps:
+        raise ValueError(f"--steps must be between {sampler.min_steps} and {sampler.max_steps}, got {steps}")
+    failed = 0
+    for source_path, output_path in tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1):
+        try:
+            milliseconds = _upscale_file(pipeline, source_path, output_path, steps, args.seed)
+        except (ValueError, OSError) as error:
+            # One bad file must not cost the rest of a folder: report it, carry on, and fail at the end.
+            failed += 1
+            tqdm.write(f"xraysr upscale: error: {source_path}: {error}", file=sys.stderr)
+            continue
+        if len(pairs) == 1:
+            print(f"{output_path} ({steps} steps, seed {args.seed}, {milliseconds:.0f} ms)")
+    if len(pairs) > 1:
+        print(f"upscaled {len(pairs) - failed} of {len(pairs)} files into {args.output}")
+    return 1 if failed else 0
+
+
+def _upscale_file(pipeline: SRPipeline, source: Path, output: Path, steps: int, seed: int) -> float:
+    from service.imaging import ImageError, decode_image, encode_png
+
+    started = time.perf_counter()
+    try:
+        decoded = decode_image(
+            source.read_bytes(), INPUT_TYPES.get(source.suffix.lower()), expected_size=pipeline.manifest.image.lr_size
+        )
+    except ImageError as error:
+        raise ValueError(error.message) from error
+    result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(encode_png(result.image))
+    return 1000 * (time.perf_counter() - started)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve", help="serve POST /upscale over HTTP (flags override XRAYSR_* environment variables)"
+    )
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 to accept other machines)")
+    serve.add_argument("--port", type=int, help="default 8000")
+    _add_model_flags(serve)
+    serve.add_argument("--max-concurrent-requests", type=int, help="upscales running at once (default 1)")
+    serve.add_argument("--max-queued-requests", type=int, help="upscales waiting; beyond, 503 (default 8)")
+    serve.add_argument("--max-body-bytes", type=int, help="larger bodies get 413 (default 1048576)")
+    serve.set_defaults(handler=_serve)
+
+    upscale = commands.add_parser("upscale", help="upscale a PNG/DICOM file, or every *.png/*.dcm of a folder")
+    upscale.add_argument("input", type=Path, help="a 64x64 .png or .dcm file, or a folder of them")
+    upscale.add_argument(
+        "-o", "--output", type=Path, required=True, help="output .png (or folder) for a file; a folder for a folder"
+    )
+    upscale.add_argument("--steps", type=int, help="denoising steps (default: the manifest's)")
+    upscale.add_argument("--seed", type=int, default=0, help="noise seed (default 0: reruns give identical files)")
+    _add_model_flags(upscale)
+    upscale.set_defaults(handler=_upscale)
+
+    bench = commands.add_parser("bench", help="per-stage latency p50/p95 and images/s: in-process, HTTP, PyTorch")
+    bench.add_argument("--image", type=Path, help="a 64x64 PNG/DICOM to upscale (default: a synthetic ramp)")
+    bench.add_argument("--steps", type=int, default=25)
+    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--no-http", action="store_true", help="skip the over-HTTP measurement")
+    bench.add_argument("--checkpoint", type=Path, help="an `xraysr train` checkpoint: also time the PyTorch reference")
+    bench.add_argument("--write", type=Path, help="append the Markdown report to this file (docs/BENCHMARKS.md)")
+    _add_model_flags(bench)
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from service.bench import markdown, run_bench
+    from service.imaging import decode_image
+
+    settings = _settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
+    if args.image is not None:
+        image = decode_image(args.image.read_bytes(), None).pixels
+    else:
+        # Latency does not depend on the pixels; a smooth ramp stands in when no image is given.
+        image = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    series = run_bench(
+        settings.engines_dir,
+        settings.model,
+        image,
+        steps=args.steps,
+        runs=args.runs,
+        backend=settings.backend,
+        threads=settings.threads,
+        http=not args.no_http,
+        checkpoint=args.checkpoint,
+    )
+    command = "xraysr bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "xraysr bench"
+    report = markdown(series, command, args.steps, args.runs)
+    print(report)
+    if args.write is not None:
+        with args.write.open("a") as handle:
+            handle.write("\n" + report)
+    return 0
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engines-dir", type=Path, help="folder of engines/<model> folders (default engines)")
+    parser.add_argument("--model", help="model folder name (default cxr-default)")
+    parser.add_argument("--backend", help="onnxruntime (default) or tensorrt")
+    parser.add_argument("--precision", help="fp32 (default), fp16 or int8: must match the manifest")
+    parser.add_argument("--threads", type=int, help="intra-op threads per inference (default: the runtime's)")

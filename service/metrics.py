@@ -1,0 +1,87 @@
+"""Prometheus metrics of one app, in a registry of its own so that two apps (or two tests) never share counts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# 1 ms (a PNG encode) to 10 s (a long denoise on a Jetson Nano); Prometheus' defaults stop being useful below 5 ms.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests_total = Counter(
+            "xraysr_requests", "HTTP requests answered, by route and status code.", ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "xraysr_request_duration_seconds", "Time from request to response, by route.", ["endpoint"],
+            buckets=DURATION_BUCKETS, registry=self.registry,
+        )
+        self.stage_duration = Histogram(
+            "xraysr_stage_duration_seconds",
+            "Time per stage of a successful upscale: decode (input), encode, denoise, vae_decode, png (output), total.",
+            ["stage"], buckets=DURATION_BUCKETS, registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "xraysr_inflight_requests", "Upscale requests being handled, queued ones included.", registry=self.registry
+        )
+        self.model_info = Gauge(
+            "xraysr_model_info", "The model being served (always 1).", ["model", "version", "backend", "precision"],
+            registry=self.registry,
+        )
+
+    def set_model(self, model: str, version: str, backend: str, precision: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model=model, version=version, backend=backend, precision=precision).set(1)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests_total.labels(endpoint=endpoint, status=str(status)).inc()
+        self.request_duration.labels(endpoint=endpoint).observe(seconds)
+
+    def observe_stages(self, stage_seconds: Mapping[str, float]) -> None:
+        for stage, seconds in stage_seconds.items():
+            self.stage_duration.labels(stage=stage).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text format and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every request to ``endpoints``, whatever answered it: the route, a validation error
+    raised before the route ran, or an unhandled exception (counted as 500). Pure ASGI, so responses are not
+    buffered. Other paths (/docs, 404s) are not counted, which keeps the endpoint label's cardinality fixed.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, endpoints: frozenset[str], inflight: str) -> None:
+        self.app, self.metrics, self.endpoints, self.inflight_endpoint = app, metrics, endpoints, inflight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = scope.get("path", "")
+        if scope["type"] != "http" or endpoint not in self.endpoints:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        counts_inflight = endpoint == self.inflight_endpoint
+        if counts_inflight:
+            self.metrics.inflight.inc()
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            if counts_inflight:
+                self.metrics.inflight.dec()
+            self.metrics.observe_request(endpoint, status, time.perf_counter() - started)

@@ -1,0 +1,78 @@
+"""The appliance's settings: XRAYSR_* environment variables, overridden by `xraysr serve` flags.
+
+Every value is checked when the settings are built, so a typo stops the service at start-up with one line
+that names the setting, instead of surfacing later as a failed request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.manifest import MANIFEST_NAME
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot serve; the message is one line, fit for the end of a failed command."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XRAYSR_", extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", min_length=1, description="Loopback by default: exposing it is a choice.")
+    port: int = Field(8000, ge=1, le=65535)
+    engines_dir: Path = Field(Path("engines"), description="The folder holding one sub-folder per model.")
+    model: str = Field("cxr-default", pattern=r"^[A-Za-z0-9_.-]+$", description="engines_dir/<model> is served.")
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Must match the manifest's precision.")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads per inference; None lets the runtime pick.")
+    max_concurrent_requests: int = Field(1, ge=1, description="Upscales running at once.")
+    max_queued_requests: int = Field(8, ge=0, description="Upscales waiting for a slot; more are refused with 503.")
+    max_body_bytes: int = Field(1 << 20, ge=1 << 10, description="Larger request bodies are refused with 413.")
+    log_level: LogLevel = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def model_dir(self) -> Path:
+        return self.engines_dir / self.model
+
+    @model_validator(mode="after")
+    def _model_dir_holds_a_manifest(self) -> Settings:
+        if not (self.model_dir / MANIFEST_NAME).is_file():
+            found = "exists but has no manifest.json" if self.model_dir.is_dir() else "does not exist"
+            raise ValueError(
+                f"model folder {self.model_dir} {found} (engines_dir={self.engines_dir}, model={self.model}); "
+                f"export one with `xraysr export --checkpoint <sr checkpoint> --out {self.model_dir}` "
+                "(`make train-default` trains the default), or point --engines-dir/XRAYSR_ENGINES_DIR and "
+                "--model/XRAYSR_MODEL at an existing engines/<model> folder"
+            )
+        return self
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """XRAYSR_* from the environment, then ``overrides`` (command-line flags; None means not given)."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from error
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Pydantic's multi-line report as one line: ``port: Input should be less than or equal to 65535 (got 0)``."""
+    problems = []
+    for issue in error.errors():
+        where = ".".join(str(part) for part in issue["loc"])
+        message = issue["msg"].removeprefix("Value error, ")
+        got = f" (got {issue['input']!r})" if where and "input" in issue else ""
+        problems.append(f"{where}: {message}{got}" if where else message)
+    return "; ".join(problems)

@@ -1,0 +1,67 @@
+"""Fixtures for the service tests: settings for the tiny real engine, real LR X-rays, and hostile PNGs."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.settings import Settings, load_settings
+
+SHARED_LR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr" / "LR_64"
+
+
+@pytest.fixture(scope="session")
+def engine_settings(tiny_engine_dir: Path) -> Settings:
+    return load_settings(engines_dir=tiny_engine_dir.parent, model=tiny_engine_dir.name)
+
+
+@pytest.fixture(scope="session")
+def lr_png_paths() -> list[Path]:
+    paths = sorted(SHARED_LR.glob("*.png"))
+    if not paths:
+        pytest.skip(f"shared LR X-rays not found at {SHARED_LR}")
+    return paths[:3]
+
+
+@pytest.fixture(scope="session")
+def lr_png(lr_png_paths: list[Path]) -> bytes:
+    """A real 64×64 8-bit grayscale chest X-ray."""
+    return lr_png_paths[0].read_bytes()
+
+
+def png_of(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header declaring width×height 8-bit grayscale, with a few bytes of IDAT behind it."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + _chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="session")
+def make_png() -> Callable[[np.ndarray], bytes]:
+    return png_of
+
+
+@pytest.fixture(scope="session")
+def make_bomb_png() -> Callable[[int, int], bytes]:
+    return bomb_png

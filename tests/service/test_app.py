@@ -1,0 +1,209 @@
+"""service/app.py and service/api/*, in-process: the lifespan loads the tiny real engine once per module."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import anyio
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.concurrency import Admission
+from service.engine import load_pipeline
+from service.settings import Settings
+
+STAGES = ["decode", "encode", "denoise", "vae_decode", "png", "total"]
+
+
+@pytest.fixture(scope="module")
+def client(engine_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(engine_settings)) as client:
+        yield client
+
+
+def _image(response: httpx.Response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return Image.open(io.BytesIO(response.content))
+
+
+def test_importing_the_app_loads_no_model_and_no_training_library() -> None:
+    code = (
+        "import sys, service.app, service.cli, service.commands\n"
+        "heavy = [m for m in ('onnxruntime', 'torch', 'cv2', 'skimage', 'diffusers') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_before_the_lifespan_ran_it_is_alive_but_not_ready(engine_settings: Settings, lr_png: bytes) -> None:
+    unstarted = TestClient(create_app(engine_settings))  # no `with`: the lifespan never runs
+    assert unstarted.get("/healthz").json() == {"status": "alive"}
+    ready = unstarted.get("/readyz")
+    assert (ready.status_code, ready.headers["retry-after"]) == (503, "1")
+    busy = unstarted.post("/upscale", content=lr_png, headers={"content-type": "image/png"})
+    assert busy.status_code == 503 and busy.json() == {"detail": "the model is not loaded yet; retry shortly"}
+
+
+def test_ready_names_what_is_served(client: TestClient) -> None:
+    assert client.get("/readyz").json() == {
+        "status": "ready", "model": "tiny", "version": "tiny-test", "backend": "onnxruntime", "precision": "fp32"
+    }
+
+
+def test_upscale_returns_a_256_grayscale_png_with_its_timings(client: TestClient, lr_png: bytes) -> None:
+    response = client.post("/upscale", params={"seed": 7}, content=lr_png, headers={"content-type": "image/png"})
+    image = _image(response)
+    assert (image.size, image.mode) == ((256, 256), "L")
+    headers = response.headers
+    assert (headers["x-steps"], headers["x-seed"], headers["x-model-version"]) == ("4", "7", "tiny-test")
+    assert "x-input-conversion" not in headers  # an 8-bit grayscale PNG is used as is
+    assert [entry.split(";dur=")[0] for entry in headers["server-timing"].split(", ")] == STAGES
+
+
+def test_the_same_seed_gives_the_same_image_and_no_seed_a_random_one(client: TestClient, lr_png: bytes) -> None:
+    def post(**params: int) -> httpx.Response:
+        return client.post("/upscale", params=params, content=lr_png, headers={"content-type": "image/png"})
+
+    assert post(seed=3, steps=2).content == post(seed=3, steps=2).content
+    assert post(seed=3, steps=2).content != post(seed=4, steps=2).content
+    assert 0 <= int(post().headers["x-seed"]) <= 2**31 - 1
+
+
+def test_multipart_json_and_conversion(client: TestClient, make_png: Callable[[np.ndarray], bytes]) -> None:
+    sixteen_bit = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
+    response = client.post(
+        "/upscale",
+        params={"seed": 1, "steps": 2},
+        files={"file": ("lr.png", make_png(sixteen_bit), "image/png")},
+        headers={"accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["x-input-conversion"] == body["input_conversion"] == "16bit_rescaled"
+    assert (body["width"], body["height"], body["steps"], body["seed"]) == (256, 256, 2, 1)
+    assert body["model_version"] == "tiny-test" and list(body["stage_ms"]) == STAGES
+    assert Image.open(io.BytesIO(base64.b64decode(body["image_png_base64"]))).size == (256, 256)
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status", "detail"),
+    [
+        ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "the request body is empty"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "content type 'text/plain'"),
+        ({"content": b"hello", "headers": {"content-type": "image/png"}}, 422, "the body is not a PNG"),
+        ({"content": b"x" * 2_000_000, "headers": {"content-type": "image/png"}}, 413, "at most 1048576 bytes"),
+        ({"files": {"image": ("lr.png", b"x", "image/png")}}, 422, "a file field named 'file'"),
+        (
+            {"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=zzz"}},
+            400, "Invalid multipart data",
+        ),
+        ({"params": {"steps": 51}}, 422, "steps must be between 2 and 50 for model tiny tiny-test, got 51"),
+        ({"params": {"steps": "four"}}, 422, "steps: Input should be a valid integer"),
+        ({"params": {"seed": -1}}, 422, "seed: Input should be greater than or equal to 0 (got '-1')"),
+    ],
+)
+def test_bad_requests_get_a_one_line_detail(
+    client: TestClient, lr_png: bytes, request_args: dict, status: int, detail: str
+) -> None:
+    if "content" not in request_args and "files" not in request_args:
+        request_args = {**request_args, "content": lr_png, "headers": {"content-type": "image/png"}}
+    response = client.post("/upscale", **request_args)
+    assert response.status_code == status
+    assert detail in response.json()["detail"]
+
+
+def test_a_pipeline_bug_is_a_logged_500_and_the_server_carries_on(
+    client: TestClient, lr_png: bytes, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline = client.app.state.pipeline  # type: ignore[attr-defined]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("onnxruntime exploded")
+
+    monkeypatch.setattr(pipeline, "upscale", broken)
+    with caplog.at_level(logging.ERROR, logger="service.api.upscale"):
+        response = client.post("/upscale", params={"seed": 5}, content=lr_png, headers={"content-type": "image/png"})
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error while upscaling; the server log has the details"}
+    assert "upscale failed: steps=4 seed=5 content-type=image/png" in caplog.text
+    assert "onnxruntime exploded" in caplog.text  # the traceback is logged
+    monkeypatch.undo()
+    assert client.post("/upscale", content=lr_png, headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_metrics_count_every_upscale_whoever_answered(engine_settings: Settings, lr_png: bytes) -> None:
+    with TestClient(create_app(engine_settings)) as client:
+        png = {"content": lr_png, "headers": {"content-type": "image/png"}}
+        client.post("/upscale", **png)
+        client.post("/upscale", params={"steps": "x"}, **png)  # refused by FastAPI before the route runs
+        client.post("/upscale", params={"steps": 99}, **png)
+        client.post("/upscale", content=b"", headers={"content-type": "image/png"})
+        text = client.get("/metrics").text
+    assert 'xraysr_requests_total{endpoint="/upscale",status="200"} 1.0' in text
+    assert 'xraysr_requests_total{endpoint="/upscale",status="422"} 2.0' in text
+    assert 'xraysr_requests_total{endpoint="/upscale",status="400"} 1.0' in text
+    assert 'xraysr_request_duration_seconds_count{endpoint="/upscale"} 4.0' in text
+    for stage in STAGES:
+        assert f'xraysr_stage_duration_seconds_count{{stage="{stage}"}} 1.0' in text
+    assert "xraysr_inflight_requests 0.0" in text
+    assert 'xraysr_model_info{backend="onnxruntime",model="tiny",precision="fp32",version="tiny-test"} 1.0' in text
+
+
+def test_a_precision_the_manifest_does_not_hold_stops_start_up(engine_settings: Settings) -> None:
+    settings = engine_settings.model_copy(update={"precision": "int8"})
+    expected = f"{settings.model_dir} holds fp32 files; --precision int8 needs int8 files: export or quantize"
+    with pytest.raises(ValueError, match=re.escape(expected)), TestClient(create_app(settings)):
+        pass
+
+
+def test_beyond_the_queue_it_answers_503_with_retry_after(engine_settings: Settings, lr_png: bytes) -> None:
+    app = create_app(engine_settings)
+    pipeline = load_pipeline(engine_settings, warm_up=False)
+    app.state.pipeline, app.state.admission = pipeline, Admission(max_concurrent=1, max_queued=0)
+    release, real_upscale = threading.Event(), pipeline.upscale
+
+    def slow_upscale(*args: object, **kwargs: object) -> object:
+        release.wait(10)
+        return real_upscale(*args, **kwargs)
+
+    pipeline.upscale = slow_upscale  # type: ignore[method-assign]
+    statuses: list[int] = []
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+
+            async def post() -> None:
+                response = await http.post("/upscale", content=lr_png, headers={"content-type": "image/png"})
+                statuses.append(response.status_code)
+                if response.status_code == 503:
+                    assert response.headers["retry-after"] == "1"
+                    assert "busy" in response.json()["detail"]
+                    release.set()
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(post)
+                await anyio.sleep(0.2)
+                tasks.start_soon(post)
+
+    anyio.run(main)
+    assert statuses == [503, 200]
+
+
+def test_openapi_documents_the_upscale_body(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    upscale = client.get("/openapi.json").json()["paths"]["/upscale"]["post"]
+    assert set(upscale["requestBody"]["content"]) == {"image/png", "application/dicom", "multipart/form-data"}
+    assert {parameter["name"] for parameter in upscale["parameters"]} == {"steps", "seed"}

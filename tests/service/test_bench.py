@@ -1,0 +1,28 @@
+"""service/bench.py on the real tiny engine: every configuration is measured and reported (no timing asserts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.bench import markdown, run_bench
+
+
+def test_bench_measures_in_process_http_and_torch_in_one_run(tiny_engine_dir: Path, tiny_checkpoint: Path) -> None:
+    image = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    series = run_bench(
+        tiny_engine_dir.parent, tiny_engine_dir.name, image, steps=2, runs=3, http=True, checkpoint=tiny_checkpoint
+    )
+    assert [entry.name for entry in series] == [
+        "ONNX Runtime, in-process",
+        "over HTTP (uvicorn, loopback)",
+        "PyTorch reference sampler (diffusers DDIM), in-process",
+    ]
+    assert set(series[0].seconds) == {"encode", "denoise", "vae_decode", "total"}
+    assert set(series[1].seconds) == {"decode", "encode", "denoise", "vae_decode", "png", "total"}
+    assert all(len(values) == 3 and min(values) > 0 for entry in series for values in entry.seconds.values())
+    report = markdown(series, "xraysr bench --steps 2 --runs 3", steps=2, runs=3)
+    assert "Command: `xraysr bench --steps 2 --runs 3`" in report
+    assert "| ONNX Runtime, in-process | denoise |" in report
+    assert "| ONNX Runtime, in-process | " in report and "| 1.00× |" in report

@@ -1,0 +1,96 @@
+"""service/commands.py: `xraysr upscale` on a file and a folder, and `xraysr serve` refusing bad settings."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.cli import main
+from service.engine import load_pipeline
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _model_flags(settings: Settings) -> list[str]:
+    return ["--engines-dir", str(settings.engines_dir), "--model", settings.model, "--threads", "1"]
+
+
+def test_upscale_one_file_matches_the_pipeline(
+    engine_settings: Settings, lr_png_paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out" / "sr.png"
+    argv = ["upscale", str(lr_png_paths[0]), "-o", str(output), "--steps", "2", "--seed", "3"]
+    assert main(argv + _model_flags(engine_settings)) == 0
+    image = Image.open(output)
+    assert (image.size, image.mode) == ((256, 256), "L")
+    assert str(output) in capsys.readouterr().out
+    lr = np.asarray(Image.open(lr_png_paths[0]))
+    expected = load_pipeline(engine_settings, warm_up=False).upscale(lr, steps=2, seed=3).image
+    np.testing.assert_array_equal(np.asarray(image), expected)
+
+
+def test_upscale_a_folder_carries_on_past_a_bad_file_and_fails_at_the_end(
+    engine_settings: Settings, lr_png_paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in lr_png_paths[:2]:
+        shutil.copy(path, inputs / path.name)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((96, 128), np.uint8)).save(buffer, format="PNG")
+    (inputs / "a_wrong_size.png").write_bytes(buffer.getvalue())
+    (inputs / "notes.txt").write_text("not an input")
+    argv = ["upscale", str(inputs), "-o", str(tmp_path / "out"), "--steps", "2"]
+    assert main(argv + _model_flags(engine_settings)) == 1
+    written = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert written == sorted(path.name for path in lr_png_paths[:2])
+    captured = capsys.readouterr()
+    assert f"xraysr upscale: error: {inputs / 'a_wrong_size.png'}: expected a 64x64 image, got 128x96" in captured.err
+    assert "upscaled 2 of 3 files" in captured.out
+
+
+def test_upscale_refuses_steps_outside_the_manifest_range(
+    engine_settings: Settings, lr_png_paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["upscale", str(lr_png_paths[0]), "-o", str(tmp_path / "sr.png"), "--steps", "99"]
+    assert main(argv + _model_flags(engine_settings)) == 2
+    assert capsys.readouterr().err == "xraysr upscale: error: --steps must be between 2 and 50, got 99\n"
+
+
+def test_serve_with_a_bad_setting_exits_with_one_clear_line(tiny_engine_dir: Path) -> None:
+    env = {**os.environ, "XRAYSR_ENGINES_DIR": str(tiny_engine_dir.parent), "XRAYSR_MODEL": tiny_engine_dir.name}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "70000"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "xraysr serve: error: port: Input should be less than or equal to 65535 (got 70000)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "nope"], "model folder {engines}/nope does not exist"),
+        (["--precision", "int8"], "{engines}/{model} holds fp32 files; --precision int8 needs int8 files"),
+        (["--max-body-bytes", "10"], "max_body_bytes: Input should be greater than or equal to 1024"),
+    ],
+)
+def test_serve_refuses_before_starting_the_server(
+    tiny_engine_dir: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    argv = ["serve", "--engines-dir", str(tiny_engine_dir.parent), "--model", tiny_engine_dir.name, *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xraysr serve: error: ") and err.count("\n") == 1
+    assert message.format(engines=tiny_engine_dir.parent, model=tiny_engine_dir.name) in err

@@ -1,0 +1,191 @@
+"""The real server: `python -m service.cli serve` in a subprocess on a free loopback port, spoken to over HTTP.
+
+Every /upscale request goes through `Server.upscale`, which counts the statuses it received, so the last test
+can check that /metrics counted exactly those.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+MAX_BODY_BYTES = 16 * 1024
+STAGES = ["decode", "encode", "denoise", "vae_decode", "png", "total"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Server:
+    def __init__(self, base_url: str, log: Path) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.log = log
+        self.upscale_statuses: collections.Counter[int] = collections.Counter()
+
+    def upscale(self, body: Any = None, content_type: str | None = "image/png", **kwargs: Any) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if content_type is not None:
+            headers["content-type"] = content_type
+        response = self.http.post("/upscale", content=body, headers=headers, **kwargs)
+        self.upscale_statuses[response.status_code] += 1
+        return response
+
+
+@pytest.fixture(scope="module")
+def server(tiny_engine_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port, log = free_port(), tmp_path_factory.mktemp("e2e") / "server.log"
+    env = {
+        **os.environ,
+        "XRAYSR_ENGINES_DIR": str(tiny_engine_dir.parent),
+        "XRAYSR_MODEL": tiny_engine_dir.name,
+        "XRAYSR_PORT": str(port),
+        "XRAYSR_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "XRAYSR_THREADS": "1",
+    }
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"], cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    server = Server(f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if server.http.get("/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass  # not listening yet: the lifespan is still loading the model
+            if time.monotonic() > deadline:
+                pytest.fail(f"/readyz not 200 within 60 s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.http.close()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _png_image(response: httpx.Response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return Image.open(io.BytesIO(response.content))
+
+
+def test_readyz_names_the_model(server: Server) -> None:
+    ready = server.http.get("/readyz").json()
+    assert ready == {"status": "ready", "model": "tiny", "version": "tiny-test", "backend": "onnxruntime",
+                     "precision": "fp32"}
+
+
+def test_a_real_x_ray_comes_back_256_grayscale_with_its_headers(server: Server, lr_png: bytes) -> None:
+    response = server.upscale(lr_png, params={"seed": 12345})
+    image = _png_image(response)
+    assert (image.size, image.mode) == ((256, 256), "L")
+    assert response.headers["x-seed"] == "12345"
+    assert response.headers["x-steps"] == "4"
+    assert response.headers["x-model-version"] == "tiny-test"
+    timing = dict(entry.split(";dur=") for entry in response.headers["server-timing"].split(", "))
+    assert list(timing) == STAGES and all(float(ms) >= 0 for ms in timing.values())
+    assert float(timing["total"]) >= float(timing["denoise"])
+
+
+def test_the_same_seed_twice_gives_identical_bytes(server: Server, lr_png: bytes) -> None:
+    first = server.upscale(lr_png, params={"seed": 99, "steps": 2})
+    second = server.upscale(lr_png, params={"seed": 99, "steps": 2})
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content
+
+
+def test_multipart_and_json(server: Server, lr_png_paths: list[Path]) -> None:
+    lr_png = lr_png_paths[1].read_bytes()
+    files = {"file": (lr_png_paths[1].name, lr_png, "image/png")}
+    response = server.http.post("/upscale", params={"seed": 5, "steps": 2}, files=files)
+    server.upscale_statuses[response.status_code] += 1
+    assert _png_image(response).size == (256, 256)
+    as_json = server.upscale(lr_png, params={"seed": 5, "steps": 2}, headers={"accept": "application/json"})
+    assert as_json.status_code == 200 and as_json.headers["content-type"] == "application/json"
+    body = as_json.json()
+    assert (body["width"], body["height"], body["steps"], body["seed"]) == (256, 256, 2, 5)
+    assert body["model_version"] == "tiny-test" and body["input_conversion"] is None
+    assert list(body["stage_ms"]) == STAGES
+    assert base64.b64decode(body["image_png_base64"]) == response.content  # same seed, same image either way
+
+
+def test_every_bad_input_is_a_4xx_with_a_detail(
+    server: Server,
+    lr_png: bytes,
+    make_png: Callable[[np.ndarray], bytes],
+    make_bomb_png: Callable[[int, int], bytes],
+) -> None:
+    def refused(response: httpx.Response, status: int, *fragments: str) -> None:
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/json"
+        detail = response.json()["detail"]
+        assert isinstance(detail, str)
+        for fragment in fragments:
+            assert fragment in detail, detail
+
+    refused(server.upscale(b"this is not an image"), 422, "not a PNG")
+    refused(server.upscale(lr_png[: len(lr_png) // 2]), 422, "truncated")
+    refused(server.upscale(make_png(np.zeros((96, 128), np.uint8))), 422, "128x96")
+    refused(server.upscale(b""), 400, "empty")
+    refused(server.upscale(b"\0" * (MAX_BODY_BYTES + 1)), 413, f"at most {MAX_BODY_BYTES} bytes")
+    chunked = server.upscale(iter([b"\0" * 4096] * 8))  # no Content-Length: the cap is applied while reading
+    assert "content-length" not in chunked.request.headers
+    refused(chunked, 413, f"over {MAX_BODY_BYTES} bytes")
+    refused(server.upscale(make_bomb_png(50000, 50000)), 422, "decompression bomb")  # Pillow's own guard
+    refused(server.upscale(make_bomb_png(5000, 5000)), 422, "5000x5000", "decompression-bomb guard")  # xraysr's
+    refused(server.upscale(lr_png, content_type="text/plain"), 415, "text/plain")
+    refused(server.upscale(b"garbage", content_type="multipart/form-data; boundary=zzz"), 400, "multipart")
+    no_file = server.http.post("/upscale", files={"image": ("lr.png", lr_png, "image/png")})
+    server.upscale_statuses[no_file.status_code] += 1
+    refused(no_file, 422, "a file field named 'file'")
+    refused(server.upscale(lr_png, params={"steps": 51}), 422, "between 2 and 50")
+    refused(server.upscale(lr_png, params={"steps": 1}), 422, "between 2 and 50")
+    refused(server.upscale(lr_png, params={"steps": "ten"}), 422, "steps", "valid integer")
+    # The server is still serving.
+    assert server.http.get("/healthz").json() == {"status": "alive"}
+    assert _png_image(server.upscale(lr_png, params={"seed": 1, "steps": 2})).size == (256, 256)
+
+
+def test_metrics_count_exactly_the_requests_made(server: Server) -> None:
+    """Runs last in this module: it compares the server's counters with every /upscale made above."""
+    response = server.http.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    text = response.text
+    counted = {
+        int(status): float(value)
+        for status, value in re.findall(r'^xraysr_requests_total\{endpoint="/upscale",status="(\d+)"\} (\S+)$',
+                                        text, re.MULTILINE)
+    }
+    assert counted == {status: float(count) for status, count in server.upscale_statuses.items()}
+    assert counted[200] >= 5 and counted[422] >= 8
+    assert f'xraysr_stage_duration_seconds_count{{stage="denoise"}} {float(counted[200])}' in text
+    assert "xraysr_inflight_requests 0.0" in text
+    assert 'xraysr_model_info{backend="onnxruntime",model="tiny",precision="fp32",version="tiny-test"} 1.0' in text
+    assert 500 not in counted and "Traceback" not in server.log.read_text()

@@ -1,0 +1,94 @@
+"""service/settings.py: XRAYSR_* variables, flags over them, and one clear line for every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings, SettingsError, load_settings
+
+
+@pytest.fixture()
+def engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """engines/cxr-default/manifest.json under the working directory, and no XRAYSR_* from the outside."""
+    for name in ("HOST", "PORT", "ENGINES_DIR", "MODEL", "BACKEND", "PRECISION", "THREADS", "MAX_CONCURRENT_REQUESTS",
+                 "MAX_QUEUED_REQUESTS", "MAX_BODY_BYTES", "LOG_LEVEL"):
+        monkeypatch.delenv(f"XRAYSR_{name}", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for model in ("cxr-default", "other"):
+        (tmp_path / "engines" / model).mkdir(parents=True)
+        (tmp_path / "engines" / model / "manifest.json").write_text("{}")
+    return tmp_path / "engines"
+
+
+def test_defaults_serve_the_default_model_on_loopback(engines: Path) -> None:
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.model_dir == Path("engines/cxr-default")
+    assert (settings.backend, settings.precision, settings.threads) == ("onnxruntime", "fp32", None)
+    assert (settings.max_concurrent_requests, settings.max_queued_requests) == (1, 8)
+    assert settings.max_body_bytes == 1048576
+    assert settings.log_level == "INFO"
+
+
+def test_environment_then_flags(engines: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XRAYSR_PORT", "9000")
+    monkeypatch.setenv("XRAYSR_MODEL", "other")
+    monkeypatch.setenv("XRAYSR_THREADS", "2")
+    monkeypatch.setenv("XRAYSR_LOG_LEVEL", "debug")
+    settings = load_settings(port=9001, threads=None)  # None: the flag was not given
+    assert (settings.port, settings.model, settings.threads, settings.log_level) == (9001, "other", 2, "DEBUG")
+    assert settings.model_dir == Path("engines/other")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"port": 0}, "port: Input should be greater than or equal to 1 (got 0)"),
+        ({"port": 65536}, "port: Input should be less than or equal to 65535 (got 65536)"),
+        ({"backend": "cuda"}, "backend: Input should be 'onnxruntime' or 'tensorrt' (got 'cuda')"),
+        ({"precision": "int4"}, "precision: Input should be 'fp32', 'fp16' or 'int8' (got 'int4')"),
+        ({"threads": 0}, "threads: Input should be greater than or equal to 1 (got 0)"),
+        ({"max_concurrent_requests": 0}, "max_concurrent_requests: Input should be greater than or equal to 1"),
+        ({"max_queued_requests": -1}, "max_queued_requests: Input should be greater than or equal to 0"),
+        ({"max_body_bytes": 100}, "max_body_bytes: Input should be greater than or equal to 1024 (got 100)"),
+        ({"log_level": "loud"}, "log_level: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
+        ({"model": "../etc"}, "model: String should match pattern"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_setting(engines: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(**overrides)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_bad_environment_variable_is_refused_too(engines: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XRAYSR_PORT", "eighty")
+    with pytest.raises(SettingsError, match="port: Input should be a valid integer"):
+        load_settings()
+
+
+def test_a_missing_model_folder_names_the_path_and_how_to_get_one(engines: Path) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(model="cxr-large")
+    message = str(raised.value)
+    assert message.startswith("model folder engines/cxr-large does not exist")
+    assert "xraysr export --checkpoint <sr checkpoint> --out engines/cxr-large" in message
+    assert "--engines-dir" in message and "\n" not in message
+
+
+def test_a_model_folder_without_manifest_is_refused(engines: Path) -> None:
+    (engines / "cxr-default" / "manifest.json").unlink()
+    with pytest.raises(SettingsError, match="model folder engines/cxr-default exists but has no manifest.json"):
+        load_settings()
+
+
+def test_settings_are_frozen_and_refuse_unknown_names(engines: Path) -> None:
+    settings = load_settings()
+    with pytest.raises(ValueError):
+        settings.port = 1  # type: ignore[misc]
+    with pytest.raises(SettingsError, match="colour: Extra inputs are not permitted"):
+        load_settings(colour="yes")
+    assert isinstance(settings, Settings)
