@@ -10,9 +10,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from service.imaging import encode_png
+from service.local_server import local_server
 from service.manifest import load_manifest
 from service.pipeline import SRPipeline
 from service.runtimes import Backend, load_runtime
@@ -89,67 +87,25 @@ def bench_torch_reference(checkpoint: Path, image: np.ndarray, steps: int, runs:
     return _time(Series("PyTorch reference sampler (diffusers DDIM), in-process"), runs, run)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def bench_http(engines_dir: Path, model: str, image: np.ndarray, steps: int, runs: int, threads: int | None) -> Series:
     """Starts `xraysr serve` on a free loopback port and times requests end to end."""
     import httpx
 
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--engines-dir",
-        str(engines_dir),
-        "--model",
-        model,
-    ]
-    if threads:
-        command += ["--threads", str(threads)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=60) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                if server.poll() is not None:
-                    error_output = server.stderr.read().decode() if server.stderr else ""
-                    raise RuntimeError(f"xraysr serve exited: {error_output[-2000:]}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("xraysr serve did not become ready within 120 s")
-                time.sleep(0.2)
-            body = encode_png(image)
+    body = encode_png(image)
+    with local_server(engines_dir, model, threads) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
 
-            def run() -> dict[str, float]:
-                response = client.post(
-                    "/upscale", params={"steps": steps, "seed": 1}, content=body, headers={"Content-Type": "image/png"}
-                )
-                response.raise_for_status()
-                return {
-                    entry.split(";")[0].strip(): float(entry.split("dur=")[1]) / 1000
-                    for entry in response.headers["Server-Timing"].split(",")
-                }
+        def run() -> dict[str, float]:
+            response = client.post(
+                "/upscale", params={"steps": steps, "seed": 1}, content=body, headers={"Content-Type": "image/png"}
+            )
+            response.raise_for_status()
+            return {
+                entry.split(";")[0].strip(): float(entry.split("dur=")[1]) / 1000
+                for entry in response.headers["Server-Timing"].split(",")
+            }
 
-            run()
-            return _time(Series("over HTTP (uvicorn, loopback)"), runs, run)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        run()
+        return _time(Series("over HTTP (uvicorn, loopback)"), runs, run)
 
 
 def markdown(series: list[Series], command: str, steps: int, runs: int) -> str:

@@ -59,7 +59,7 @@ class SamplerSpec(_Contract):
     prediction_type: Literal["epsilon", "sample", "v_prediction"]
     num_train_timesteps: int = Field(gt=1)
     timestep_spacing: Literal["trailing"] = "trailing"
-    eta: Literal[0.0] = 0.0
+    eta: float = Field(0.0, ge=0.0, le=0.0, description="Deterministic DDIM only: the appliance draws no step noise.")
     alphas_cumprod: tuple[float, ...]
     min_steps: int = Field(ge=1)
     max_steps: int = Field(ge=1)
@@ -85,7 +85,7 @@ class SamplerSpec(_Contract):
 
 
 class Manifest(_Contract):
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1] = 1
     model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     version: str = Field(min_length=1)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"

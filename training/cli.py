@@ -75,6 +75,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_served(args: argparse.Namespace) -> int:
+    from training.evaluate_served import evaluate_served
+
+    report = evaluate_served(
+        args.engines_dir,
+        args.model,
+        args.data,
+        args.split,
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     _require_training_extra()
     from training.export import export_model
@@ -128,6 +145,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, grid.png")
     evaluate.set_defaults(handler=_evaluate)
+
+    served = commands.add_parser("evaluate-served", help="score the engines through a real `xraysr serve`")
+    served.add_argument("--engines-dir", type=Path, default=Path("engines"))
+    served.add_argument("--model", default="cxr-default")
+    served.add_argument("--data", type=Path, required=True, help="prepared data root (HR_256/, LR_64/, splits.csv)")
+    served.add_argument("--split", default="test", choices=["train", "val", "test"])
+    served.add_argument("--steps", type=int, default=25)
+    served.add_argument("--seed", type=int, default=0)
+    served.add_argument("--threads", type=int)
+    served.add_argument("--out", type=Path, required=True, help="folder for served_report.json")
+    served.set_defaults(handler=_evaluate_served)
 
     export = commands.add_parser("export", help="SR checkpoint → engines/<model>/ (ONNX files + manifest.json)")
     export.add_argument("--checkpoint", type=Path, required=True)

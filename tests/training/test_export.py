@@ -75,3 +75,17 @@ def test_manifest_describes_the_export(tiny_engine_dir: Path, reference: SRPipel
     assert manifest.sampler.prediction_type == "v_prediction"
     assert (manifest.sampler.min_steps, manifest.sampler.default_steps, manifest.sampler.max_steps) == (2, 4, 50)
     assert manifest.sampler.alphas_cumprod[0] == pytest.approx(1 - 1e-4)
+
+
+def test_evaluate_served_scores_the_engines_through_a_real_server(
+    tiny_engine_dir: Path, tiny_cxr_root: Path, tmp_path: Path
+) -> None:
+    from training.evaluate_served import evaluate_served
+
+    report = evaluate_served(tiny_engine_dir.parent, tiny_engine_dir.name, tiny_cxr_root, "test", tmp_path,
+                             steps=2, seed=0)
+    assert report["settings"]["images"] == 2 and report["settings"]["model_version"] == "tiny-test"
+    dataset_bicubic = [r["psnr_bicubic"] for r in report["per_image"]]
+    assert report["summary"]["bicubic"]["psnr"]["mean"] == pytest.approx(np.mean(dataset_bicubic))
+    assert all("denoise;dur=" in r["server_timing"] for r in report["per_image"])
+    assert (tmp_path / "served_report.json").is_file()
