@@ -70,6 +70,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         data_root=args.data,
         batch_size=args.batch_size,
         limit=args.limit,
+        grid_files=args.grid_files.split(",") if args.grid_files else None,
     )
     print(json.dumps(report["summary"], indent=2))
     return 0
@@ -143,6 +144,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
+    evaluate.add_argument("--grid-files", help="comma-separated filenames for grid.png (default: the first 4)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, grid.png")
     evaluate.set_defaults(handler=_evaluate)
 

@@ -49,8 +49,13 @@ def evaluate(
     batch_size: int = 16,
     limit: int | None = None,
     grid_rows: int = 4,
+    grid_files: list[str] | None = None,
 ) -> dict:
-    """Writes report.json, report.md and grid.png to ``out_dir``; returns the report."""
+    """Writes report.json, report.md and grid.png to ``out_dir``; returns the report.
+
+    ``grid_files`` picks the grid's rows by filename (e.g. images whose licence allows showing them);
+    otherwise the first ``grid_rows`` images are shown.
+    """
     started = time.monotonic()
     pipeline = SRPipeline.from_checkpoint(checkpoint, data_root)
     dataset = PairDataset(pipeline.config.data, split)
@@ -77,8 +82,11 @@ def evaluate(
                 record[f"psnr_{method}"] = psnr(image, hr_image)
                 record[f"ssim_{method}"] = ssim(image, hr_image)
             per_image.append(record)
-            if len(grid) < grid_rows:
+            wanted = dataset.filenames[index] in grid_files if grid_files else len(grid) < grid_rows
+            if wanted:
                 grid.append([lr_image, outputs["bicubic"], outputs["model"], hr_image])
+    if not grid:
+        raise ValueError(f"none of the grid files {grid_files} is in the {split} split")
     summary = {
         method: {metric: _summary([r[f"{metric}_{method}"] for r in per_image]) for metric in ("psnr", "ssim")}
         for method in METHODS
