@@ -36,6 +36,9 @@ class AugmentConfig(_Strict):
     hflip_probability: float = Field(0.5, ge=0, le=1)
     max_rotation_degrees: float = Field(15.0, ge=0, le=45)
     brightness_jitter: float = Field(0.05, ge=0, le=0.5, description="Max additive shift on the [-1, 1] scale.")
+    # "degrade_augmented_hr" re-derives the LR from the augmented HR with the real degradation (data.degrade);
+    # "augment_lr" warps the stored LR instead, which teaches the model a degradation it never meets.
+    lr_source: Literal["degrade_augmented_hr", "augment_lr"] = "degrade_augmented_hr"
 
 
 class CxrVAEConfig(_Strict):

@@ -150,7 +150,9 @@ def _rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     # "border" repeats the outermost pixels into the corners the rotation uncovers. "zeros" would paint
     # them mid-grey (0 on the [-1, 1] scale) with a hard edge no radiograph has, and "reflection" would
     # mirror anatomy (a second clavicle); film edges are background or collimation, which border extends.
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Bicubic, not bilinear: a bilinear resample low-passes the HR target, and a model trained on blurred
+    # targets learns to blur.
+    return F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp(-1, 1)
 
 
 def apply_augmentation(
@@ -170,6 +172,18 @@ def apply_augmentation(
         shift = parameters.brightness_shift.to(images.device, images.dtype).view(per_sample)
         augmented.append((images + shift).clamp(-1, 1))
     return augmented[0], augmented[1]
+
+
+def degrade(hr: torch.Tensor, lr_size: int) -> torch.Tensor:
+    """The LR image `xraysr prepare` makes from an HR image, on the [-1, 1] scale.
+
+    cv2.INTER_CUBIC downscaling samples a 4-tap cubic (a = -0.75) at half-pixel centres with no antialiasing,
+    which is what torch's bicubic interpolation does with antialias=False; the result is quantised to 8 bits
+    like the PNG. Training derives the LR of an augmented pair this way, so the model learns to invert the
+    very degradation it meets at test time, not the blur of a rotated 64² image.
+    """
+    lr = F.interpolate(hr, size=(lr_size, lr_size), mode="bicubic", align_corners=False, antialias=False)
+    return to_unit_range(to_uint8(lr))
 
 
 def augment_pair(

@@ -29,7 +29,7 @@ from training.checkpoint import (
     warmup_cosine,
 )
 from training.config import SRTrainConfig, save_config
-from training.data import PairDataset, augment_pair, augmentation_generator, batch_at_step, to_uint8
+from training.data import PairDataset, augment_pair, augmentation_generator, batch_at_step, degrade, to_uint8
 from training.diffusion import (
     ConditionEncoder,
     diffusion_sample,
@@ -162,6 +162,8 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
         torch.manual_seed(step_seed(config.seed, step, stream=1))  # dropout, if any, is per-step too
         lr, hr, _ = batch_at_step(train_set, step, config.optim.batch_size, config.seed)
         lr, hr = augment_pair(lr, hr, config.augment, augmentation_generator(config.seed, step))
+        if config.augment.lr_source == "degrade_augmented_hr":
+            lr = degrade(hr, config.data.lr_size)
         shard = slice(accelerator.process_index, None, accelerator.num_processes)
         lr, hr = lr[shard].to(device), hr[shard].to(device)
         noise_generator = torch.Generator().manual_seed(step_seed(config.seed, step, stream=2))

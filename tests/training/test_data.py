@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from training.config import AugmentConfig, DataConfig
@@ -235,3 +236,17 @@ def test_unknown_split_value_is_rejected(tmp_path: Path) -> None:
     _write_splits(tmp_path, [("a.png", "training")])
     with pytest.raises(ValueError, match="line 2: split 'training'"):
         read_splits(tmp_path)
+
+
+def test_degrade_reproduces_the_prepared_lr_images(cxr_root: Path) -> None:
+    from training.data import degrade
+
+    names = sorted(path.name for path in (cxr_root / "HR_256").iterdir())
+    hr = torch.stack([to_unit_range(_decode(cxr_root / "HR_256" / name))[None] for name in names])
+    lr = torch.stack([_decode(cxr_root / "LR_64" / name)[None] for name in names])
+    difference = (to_uint8(degrade(hr, 64)).int() - lr.int()).abs()
+    # cv2.INTER_CUBIC and torch's bicubic differ only in float rounding: at most one grey level, rarely.
+    assert difference.max() <= 1
+    assert (difference > 0).float().mean() < 0.005
+    blurred = F.avg_pool2d(hr, 4)
+    assert (to_uint8(blurred).int() - lr.int()).abs().float().mean() > 5 * difference.float().mean()
