@@ -1,0 +1,33 @@
+"""The shipped engines/cxr-default: its contract verifies and it upscales a real chest X-ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.manifest import load_manifest
+from service.pipeline import SRPipeline
+from service.runtimes import load_runtime
+from tests.conftest import SHARED_DATA
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
+
+
+def test_the_shipped_model_verifies_and_upscales_a_real_xray() -> None:
+    manifest = load_manifest(DEFAULT_MODEL)  # every sha256 checked
+    assert (manifest.model, manifest.precision) == ("cxr-default", "fp32")
+    assert (manifest.sampler.min_steps, manifest.sampler.default_steps, manifest.sampler.max_steps) == (10, 25, 50)
+    assert sum((DEFAULT_MODEL / c.path).stat().st_size for c in manifest.components.values()) < 40e6
+    lr_path = SHARED_DATA / "cxr" / "LR_64" / "ieee8023_183_0.png"
+    if not lr_path.is_file():
+        pytest.skip(f"shared CXR development set not found at {lr_path.parent}")
+    pipeline = SRPipeline(manifest, load_runtime("onnxruntime", manifest, DEFAULT_MODEL))
+    lr = np.array(Image.open(lr_path))
+    result = pipeline.upscale(lr, steps=10, seed=0)
+    assert result.image.shape == (256, 256) and result.image.dtype == np.uint8
+    # A 4×4 box average of the output must come back close to the input it was made from.
+    pooled = result.image.reshape(64, 4, 64, 4).mean(axis=(1, 3))
+    assert np.abs(pooled - lr).mean() < 3.0
