@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.validation import describe_validation_error
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 COMPONENTS = ("encoder", "unet", "decoder")
@@ -131,10 +133,7 @@ def read_manifest(model_dir: Path) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc']) or '<root>'}: {issue['msg']}" for issue in error.errors()
-        )
-        raise ManifestError(f"{path} is not a valid xraysr manifest: {problems}") from error
+        raise ManifestError(f"{path} is not a valid xraysr manifest: {describe_validation_error(error)}") from error
 
 
 def load_manifest(model_dir: Path) -> Manifest:

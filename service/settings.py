@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.manifest import MANIFEST_NAME
+from service.validation import describe_validation_error
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -65,14 +66,3 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**given)
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error)) from error
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """Pydantic's multi-line report as one line: ``port: Input should be less than or equal to 65535 (got 0)``."""
-    problems = []
-    for issue in error.errors():
-        where = ".".join(str(part) for part in issue["loc"])
-        message = issue["msg"].removeprefix("Value error, ")
-        got = f" (got {issue['input']!r})" if where and "input" in issue else ""
-        problems.append(f"{where}: {message}{got}" if where else message)
-    return "; ".join(problems)

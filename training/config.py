@@ -12,6 +12,8 @@ from typing import Annotated, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.validation import describe_validation_error
+
 
 class _Strict(BaseModel):
     # A misspelt key in a YAML file is an error, not a silently ignored default.
@@ -162,10 +164,7 @@ def load_config(path: str | Path, config_type: type[ConfigT]) -> ConfigT:
     try:
         return config_type.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc']) or '<root>'}: {issue['msg']}" for issue in error.errors()
-        )
-        raise ConfigError(f"invalid config {path}: {problems}") from error
+        raise ConfigError(f"invalid config {path}: {describe_validation_error(error)}") from error
 
 
 def save_config(config: BaseModel, path: str | Path) -> None:

@@ -111,13 +111,13 @@ def test_load_an_sr_config_with_a_diffusers_vae(tmp_path: Path) -> None:
         pytest.param(
             VAETrainConfig,
             VAE_YAML.replace("  root: runs/data/cxr\n", "  root: runs/data/cxr\n  hr_size: 200\n"),
-            "data: Value error, hr_size 200 is not a multiple of lr_size 64",
+            "data: hr_size 200 is not a multiple of lr_size 64",
             id="non-integer-scale",
         ),
         pytest.param(
             SRTrainConfig,
             SR_YAML.replace("  checkpoint: runs/vae_test/checkpoints/step_0000010.pt\n", ""),
-            "<root>: Value error, vae.checkpoint is required",
+            ": vae.checkpoint is required: train one with `xraysr train-vae` first",
             id="cxr-vae-without-checkpoint",
         ),
         pytest.param(
@@ -161,8 +161,8 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         load_config(_write(tmp_path, text), VAETrainConfig)
     problems = str(raised.value).split(": ", 1)[1].split("; ")
     assert problems == [
-        "optim.max_steps: Input should be greater than 0",
-        "kl_wieght: Extra inputs are not permitted",
+        "optim.max_steps: Input should be greater than 0 (got -1)",
+        "kl_wieght: Extra inputs are not permitted (got 0.0001)",
     ]
 
 

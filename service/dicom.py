@@ -1,0 +1,189 @@
+"""DICOM bodies → 8-bit grayscale: rules 5 and 6 of service/imaging.py, kept apart because they are half of it.
+
+pydicom is imported when the first DICOM body arrives, so a PNG-only deployment never loads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+
+from service.imaging import (
+    _DICOM_ERRORS,
+    ImageError,
+    InvalidImage,
+    UnsupportedMediaType,
+    UnsupportedPixels,
+    _check_pixel_count,
+    _check_size,
+    _looks_like,
+)
+
+
+@dataclass(frozen=True)
+class _DicomHeader:
+    """The attributes decoding needs, read once inside the pydicom error choke-point."""
+
+    rows: int
+    columns: int
+    frames: int
+    samples_per_pixel: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    slope: float
+    intercept: float
+    window: tuple[float, float] | None  # (center, width)
+    voi_function: str
+    has_modality_lut_sequence: bool
+    transfer_syntax: str
+
+
+def decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.ndarray, str | None]:
+    try:
+        import pydicom
+        from pydicom.errors import BytesLengthException, InvalidDicomError
+    except ImportError as error:
+        raise UnsupportedMediaType(
+            "DICOM input needs the pydicom package, which is not installed on this server "
+            "(pip install pydicom); send a PNG instead"
+        ) from error
+    errors = (InvalidDicomError, BytesLengthException, *_DICOM_ERRORS)
+    # 1. Parse and read the header.
+    try:
+        dataset = pydicom.dcmread(BytesIO(data))
+    except errors as error:
+        received = _looks_like(data)
+        hint = f" (it looks like {received})" if received and received != "a DICOM file" else ""
+        raise InvalidImage(f"not a readable DICOM file{hint}: {error}") from error
+    try:
+        header = _read_dicom_header(dataset)
+    except ImageError:  # a missing element, already explained; ImageError is a ValueError, so let it through
+        raise
+    except errors as error:
+        raise InvalidImage(f"corrupt DICOM header: {error}") from error
+    # 2. Refuse what cannot be an X-ray for this model, before decoding pixels.
+    _check_dicom_header(header, expected_size, max_pixels)
+    # 3. Decode the stored values.
+    try:
+        stored = np.asarray(dataset.pixel_array)
+    except errors as error:
+        raise InvalidImage(f"cannot decode the DICOM pixel data ({header.transfer_syntax}): {error}") from error
+    if stored.shape != (header.rows, header.columns):
+        raise InvalidImage(f"DICOM pixel data has shape {stored.shape}, its header says {header.rows}x{header.columns}")
+    # 4. Modality LUT, then VOI (window or full range) onto 0..255, then MONOCHROME1 inversion.
+    return _dicom_to_gray8(stored, header)
+
+
+def _read_dicom_header(dataset: Any) -> _DicomHeader:  # a pydicom Dataset; pydicom is imported lazily
+    for keyword in ("Rows", "Columns", "BitsAllocated", "PixelData"):
+        if keyword not in dataset:
+            raise InvalidImage(f"the DICOM file has no {keyword} element: it is not an image")
+    window_center = _first_value(dataset.get("WindowCenter"))
+    window_width = _first_value(dataset.get("WindowWidth"))
+    window = None
+    if window_center is not None and window_width is not None:
+        window = (float(window_center), float(window_width))
+    file_meta = getattr(dataset, "file_meta", None)
+    transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    return _DicomHeader(
+        rows=int(dataset.Rows),
+        columns=int(dataset.Columns),
+        frames=int(_value_or(dataset, "NumberOfFrames", 1)),
+        samples_per_pixel=int(_value_or(dataset, "SamplesPerPixel", 1)),
+        photometric=str(_value_or(dataset, "PhotometricInterpretation", "")).strip().upper(),
+        bits_allocated=int(dataset.BitsAllocated),
+        bits_stored=int(_value_or(dataset, "BitsStored", dataset.BitsAllocated)),
+        signed=int(_value_or(dataset, "PixelRepresentation", 0)) == 1,
+        slope=float(_value_or(dataset, "RescaleSlope", 1.0)),
+        intercept=float(_value_or(dataset, "RescaleIntercept", 0.0)),
+        window=window,
+        voi_function=str(_value_or(dataset, "VOILUTFunction", "LINEAR")).strip().upper(),
+        has_modality_lut_sequence="ModalityLUTSequence" in dataset,
+        transfer_syntax=getattr(transfer_syntax, "name", None) or str(transfer_syntax or "unknown transfer syntax"),
+    )
+
+
+def _value_or(dataset: Any, keyword: str, default: Any) -> Any:
+    """The element's value, or ``default`` when it is absent or empty (0 is a value, not a default)."""
+    value = dataset.get(keyword)
+    return default if value is None or value == "" else value
+
+
+def _first_value(value: Any) -> Any:  # a pydicom value: None, "", a number or a MultiValue
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+        return value[0] if len(value) else None
+    return value
+
+
+def _check_dicom_header(header: _DicomHeader, expected_size: int, max_pixels: int) -> None:
+    if header.frames < 1:
+        raise InvalidImage(f"invalid NumberOfFrames {header.frames}")
+    if header.frames > 1:
+        raise UnsupportedPixels(f"multi-frame DICOM with {header.frames} frames: xraysr takes a single image")
+    _check_pixel_count(header.columns, header.rows, header.frames, max_pixels)
+    _check_size(header.columns, header.rows, expected_size)
+    if header.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnsupportedPixels(
+            f"DICOM PhotometricInterpretation {header.photometric or 'missing'}: xraysr takes grayscale X-rays "
+            "(MONOCHROME1 or MONOCHROME2)"
+        )
+    if header.samples_per_pixel != 1:
+        raise InvalidImage(f"DICOM SamplesPerPixel {header.samples_per_pixel} is invalid for {header.photometric}")
+    if header.bits_allocated not in (8, 16) or not 1 <= header.bits_stored <= header.bits_allocated:
+        raise UnsupportedPixels(
+            f"DICOM with BitsAllocated {header.bits_allocated}, BitsStored {header.bits_stored}: "
+            "xraysr takes 8- or 16-bit allocated grayscale"
+        )
+    if header.has_modality_lut_sequence:
+        raise UnsupportedPixels("DICOM with a Modality LUT Sequence: only RescaleSlope/RescaleIntercept are supported")
+    if header.slope == 0 or not np.isfinite([header.slope, header.intercept]).all():
+        raise InvalidImage(f"invalid RescaleSlope {header.slope} / RescaleIntercept {header.intercept}")
+    if header.window is not None:
+        center, width = header.window
+        if header.voi_function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            raise UnsupportedPixels(f"VOILUTFunction {header.voi_function} is not supported")
+        # LINEAR divides by (width - 1) and needs width >= 1; LINEAR_EXACT and SIGMOID need width > 0.
+        usable = width >= 1.0 if header.voi_function == "LINEAR" else width > 0.0
+        if not (np.isfinite(center) and np.isfinite(width) and usable):
+            raise InvalidImage(f"invalid window: WindowCenter {center}, WindowWidth {width}")
+
+
+def _dicom_to_gray8(stored: np.ndarray, header: _DicomHeader) -> tuple[np.ndarray, str | None]:
+    values = stored.astype(np.float64) * header.slope + header.intercept  # PS3.3 C.11.1.1.2 modality LUT
+    steps: list[str] = []
+    if header.window is not None:
+        gray = _apply_window(values, *header.window, header.voi_function)
+        steps.append("window_applied")
+    else:
+        if header.signed:
+            low_stored, high_stored = -(2 ** (header.bits_stored - 1)), 2 ** (header.bits_stored - 1) - 1
+        else:
+            low_stored, high_stored = 0, 2**header.bits_stored - 1
+        ends = sorted(end * header.slope + header.intercept for end in (low_stored, high_stored))
+        gray = (values - ends[0]) * (255.0 / (ends[1] - ends[0]))
+        if (low_stored, high_stored, header.slope, header.intercept) != (0, 255, 1.0, 0.0):
+            steps.append("full_range_rescaled")
+    gray8 = np.rint(np.clip(gray, 0.0, 255.0)).astype(np.uint8)
+    if header.photometric == "MONOCHROME1":  # PS3.3 C.7.6.3.1.2: minimum value is white
+        gray8 = 255 - gray8
+        steps.append("monochrome1_inverted")
+    return gray8, "+".join(steps) or None
+
+
+def _apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2-3 VOI LUT functions onto [0, 255]."""
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):  # exp overflows to inf far below the window, giving exactly 0
+            return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0) * 255.0
+    if width == 1.0:  # the LINEAR formula's (w - 1) vanishes: a threshold at c - 0.5
+        return np.where(values > center - 0.5, 255.0, 0.0)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0) * 255.0
