@@ -143,6 +143,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--steps", type=int, default=25)
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--no-http", action="store_true", help="skip the over-HTTP measurement")
+    bench.add_argument(
+        "--flops", action="store_true", help="add FLOPs/bytes per stage and Jetson estimates (needs onnx)"
+    )
     bench.add_argument("--checkpoint", type=Path, help="an `xraysr train` checkpoint: also time the PyTorch reference")
     bench.add_argument("--write", type=Path, help="append the Markdown report to this file (docs/BENCHMARKS.md)")
     _add_model_flags(bench)
@@ -174,6 +177,11 @@ def _bench(args: argparse.Namespace) -> int:
     )
     command = "xraysr bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "xraysr bench"
     report = markdown(series, command, args.steps, args.runs)
+    if args.flops:
+        from service.flops import estimate_table
+        from service.manifest import load_manifest
+
+        report += "\n" + estimate_table(load_manifest(settings.model_dir), settings.model_dir, args.steps)
     print(report)
     if args.write is not None:
         with args.write.open("a") as handle:
