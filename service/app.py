@@ -19,6 +19,7 @@ from service.concurrency import Admission
 from service.engine import load_pipeline
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.settings import Settings
+from service.tegrastats import start_from_environment as start_tegrastats
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -29,8 +30,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.metrics.set_model(manifest.model, manifest.version, pipeline.runtime.backend, manifest.precision)
         app.state.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
         app.state.pipeline = pipeline
+        tegrastats = start_tegrastats(app.state.metrics.registry)  # None unless XRAYSR_TEGRASTATS=1 on a Jetson
         yield
         app.state.pipeline = None
+        if tegrastats is not None:
+            tegrastats.stop()
 
     app = FastAPI(title="xraysr", version=__version__, summary="4x super-resolution of chest X-rays", lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.pipeline = settings, ServiceMetrics(), None

@@ -19,7 +19,7 @@ import numpy as np
 
 from service.imaging import encode_png
 from service.local_server import local_server
-from service.manifest import load_manifest
+from service.manifest import Precision, load_manifest, manifest_name
 from service.pipeline import SRPipeline
 from service.runtimes import Backend, load_runtime
 
@@ -87,12 +87,17 @@ def bench_torch_reference(checkpoint: Path, image: np.ndarray, steps: int, runs:
     return _time(Series("PyTorch reference sampler (diffusers DDIM), in-process"), runs, run)
 
 
-def bench_http(engines_dir: Path, model: str, image: np.ndarray, steps: int, runs: int, threads: int | None) -> Series:
+def bench_http(
+    engines_dir: Path, model: str, image: np.ndarray, steps: int, runs: int, threads: int | None, precision: str
+) -> Series:
     """Starts `xraysr serve` on a free loopback port and times requests end to end."""
     import httpx
 
     body = encode_png(image)
-    with local_server(engines_dir, model, threads) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+    with (
+        local_server(engines_dir, model, threads, precision=precision) as base_url,
+        httpx.Client(base_url=base_url, timeout=60) as client,
+    ):
 
         def run() -> dict[str, float]:
             response = client.post(
@@ -105,7 +110,7 @@ def bench_http(engines_dir: Path, model: str, image: np.ndarray, steps: int, run
             }
 
         run()
-        return _time(Series("over HTTP (uvicorn, loopback)"), runs, run)
+        return _time(Series(f"over HTTP (uvicorn, loopback), {precision}"), runs, run)
 
 
 def markdown(series: list[Series], command: str, steps: int, runs: int) -> str:
@@ -141,13 +146,22 @@ def run_bench(
     threads: int | None = None,
     http: bool = True,
     checkpoint: Path | None = None,
+    precision: Precision = "fp32",
 ) -> list[Series]:
+    """In-process for ``precision`` (and for INT8 too when the model folder has it, so the two compare as a
+    ratio), then over HTTP and the PyTorch reference."""
     model_dir = engines_dir / model
-    manifest = load_manifest(model_dir)
-    pipeline = SRPipeline(manifest, load_runtime(backend, manifest, model_dir, threads))
-    series = [bench_in_process(pipeline, image, steps, runs)]
+    int8: list[Precision] = ["int8"] if precision != "int8" and (model_dir / manifest_name("int8")).is_file() else []
+    precisions = [precision, *int8]
+    series = []
+    for each in precisions:
+        manifest = load_manifest(model_dir, each)
+        pipeline = SRPipeline(manifest, load_runtime(backend, manifest, model_dir, threads))
+        entry = bench_in_process(pipeline, image, steps, runs)
+        entry.name = f"{entry.name}, {each}"
+        series.append(entry)
     if http:
-        series.append(bench_http(engines_dir, model, image, steps, runs, threads))
+        series.append(bench_http(engines_dir, model, image, steps, runs, threads, precision))
     if checkpoint is not None:
         series.append(bench_torch_reference(checkpoint, image, steps, runs))
     return series

@@ -151,6 +151,40 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_model_flags(bench)
     bench.set_defaults(handler=_bench)
 
+    build = commands.add_parser(
+        "build-engines", help="build (or load from the cache) a TensorRT engine per component, on this GPU"
+    )
+    build.add_argument("--engines-dir", type=Path, help="folder of engines/<model> folders (default engines)")
+    build.add_argument("--model", help="model folder name (default cxr-default)")
+    build.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        required=True,
+        help="int8 needs a quantized model; lowered to fp16 on GPUs without INT8 (Jetson Nano)",
+    )
+    build.add_argument("--cache-dir", type=Path, required=True, help="where the .plan files and their sidecars live")
+    build.add_argument("--workspace-mib", type=int, default=1024, help="TensorRT builder workspace (default 1024)")
+    build.add_argument("--max-batch", type=int, default=1, help="largest batch the engines accept (default 1)")
+    build.set_defaults(handler=_build_engines)
+
+
+def _build_engines(args: argparse.Namespace) -> int:
+    from service.runtimes.trt_build import Precision, build_all, current_device
+
+    settings = _settings_from(args, ("engines_dir", "model"))
+    try:
+        device = current_device()
+    except (ImportError, RuntimeError) as error:
+        raise ValueError(
+            f"building engines needs TensorRT and pycuda on an NVIDIA GPU (JetPack ships TensorRT): {error}"
+        ) from error
+    precision: Precision = args.precision
+    _, reports = build_all(settings.model_dir, args.cache_dir, precision, device, args.workspace_mib, args.max_batch)
+    print(f"{device.name} (compute capability {device.compute_capability}), TensorRT {device.tensorrt_version}")
+    for report in reports:
+        print(f"{report.action} {report.component} ({report.precision}): {report.plan}")
+    return 0
+
 
 def _bench(args: argparse.Namespace) -> int:
     import numpy as np
@@ -174,6 +208,7 @@ def _bench(args: argparse.Namespace) -> int:
         threads=settings.threads,
         http=not args.no_http,
         checkpoint=args.checkpoint,
+        precision=settings.precision,
     )
     command = "xraysr bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "xraysr bench"
     report = markdown(series, command, args.steps, args.runs)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from service.manifest import Manifest, load_manifest
+from service.manifest import Manifest, load_manifest, manifest_name
 from service.pipeline import SRPipeline
 from service.runtimes import load_runtime
 from service.settings import Settings
@@ -16,13 +16,18 @@ logger = logging.getLogger(__name__)
 
 
 def check_manifest(settings: Settings) -> Manifest:
-    """Reads and verifies the manifest (checksums included) and that it is the precision asked for."""
-    manifest = load_manifest(settings.model_dir)
-    if manifest.precision != settings.precision:
+    """Reads and verifies the manifest of the precision asked for (checksums included).
+
+    fp32 reads manifest.json, int8 manifest.int8.json; fp16 also reads manifest.json, because TensorRT builds
+    FP16 engines from the FP32 ONNX (Settings refuses fp16 on onnxruntime before this runs).
+    """
+    manifest = load_manifest(settings.model_dir, settings.precision)
+    accepted = ("fp32", "fp16") if settings.precision == "fp16" else (settings.precision,)
+    if manifest.precision not in accepted:
         raise ValueError(
-            f"{settings.model_dir} holds {manifest.precision} files; --precision {settings.precision} needs "
-            f"{settings.precision} files: export or quantize the model into its own engines/<model> folder and "
-            f"select it with --model, or leave --precision/XRAYSR_PRECISION at {manifest.precision}"
+            f"{settings.model_dir / manifest_name(settings.precision)} says precision {manifest.precision}; "
+            f"--precision {settings.precision} needs {' or '.join(accepted)}: re-export (`xraysr export`) or "
+            "re-quantize (`xraysr quantize`) the model"
         )
     return manifest
 
@@ -30,7 +35,7 @@ def check_manifest(settings: Settings) -> Manifest:
 def load_pipeline(settings: Settings, warm_up: bool = True) -> SRPipeline:
     """Loads the model once; the warm-up pays ONNX Runtime's first-run allocations before any request does."""
     manifest = check_manifest(settings)
-    runtime = load_runtime(settings.backend, manifest, settings.model_dir, settings.threads)
+    runtime = load_runtime(settings.backend, manifest, settings.model_dir, settings.threads, settings.precision)
     pipeline = SRPipeline(manifest, runtime)
     if warm_up:
         started = time.perf_counter()

@@ -19,7 +19,11 @@ def free_port() -> int:
 
 @contextmanager
 def local_server(
-    engines_dir: Path, model: str, threads: int | None = None, ready_timeout: float = 120.0
+    engines_dir: Path,
+    model: str,
+    threads: int | None = None,
+    ready_timeout: float = 120.0,
+    precision: str | None = None,
 ) -> Iterator[str]:
     """Yields the base URL once /readyz answers 200; stops the server on exit."""
     import httpx
@@ -41,6 +45,8 @@ def local_server(
     ]
     if threads:
         command += ["--threads", str(threads)]
+    if precision:
+        command += ["--precision", precision]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base_url = f"http://127.0.0.1:{port}"
     try:

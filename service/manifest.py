@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,7 @@ from service.validation import describe_validation_error
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+Precision = Literal["fp32", "fp16", "int8"]
 COMPONENTS = ("encoder", "unet", "decoder")
 
 
@@ -90,8 +92,12 @@ class Manifest(_Contract):
     format_version: Literal[1] = 1
     model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     version: str = Field(min_length=1)
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    components: dict[Literal["encoder", "unet", "decoder"], Component]
+    precision: Precision = Field(
+        "fp32", description="int8: the QDQ files of `xraysr quantize`; components it measured as sensitive stay fp32."
+    )
+    # unet_step (optional, `xraysr export` with step_graph): the UNet + one DDIM update, for runtimes that keep
+    # the whole denoising loop on the GPU; see training/export.py's export_unet_step.
+    components: dict[Literal["encoder", "unet", "decoder", "unet_step"], Component]
     image: ImageSpec
     latent: LatentSpec
     sampler: SamplerSpec
@@ -117,13 +123,23 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(model_dir: Path) -> Manifest:
-    """Parses and validates ``model_dir/manifest.json`` without touching the ONNX files."""
-    path = Path(model_dir) / MANIFEST_NAME
+def manifest_name(precision: Precision = "fp32") -> str:
+    """fp32 → manifest.json (written by `xraysr export`), int8 → manifest.int8.json (by `xraysr quantize`).
+
+    fp16 has no file of its own: TensorRT builds FP16 engines from the FP32 ONNX, so it reads manifest.json.
+    """
+    return "manifest.int8.json" if precision == "int8" else MANIFEST_NAME
+
+
+def read_manifest(model_dir: Path, precision: Precision = "fp32") -> Manifest:
+    """Parses and validates ``model_dir/manifest_name(precision)`` without touching the ONNX files."""
+    name = manifest_name(precision)
+    path = Path(model_dir) / name
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError as error:
-        raise ManifestError(f"no {MANIFEST_NAME} in {model_dir}: is this an engines/<model> folder?") from error
+        hint = "quantize it with `xraysr quantize`" if precision == "int8" else "is this an engines/<model> folder?"
+        raise ManifestError(f"no {name} in {model_dir}: {hint}") from error
     except (OSError, json.JSONDecodeError) as error:
         raise ManifestError(f"cannot read {path}: {error}") from error
     if isinstance(raw, dict) and raw.get("format_version") != FORMAT_VERSION:
@@ -136,9 +152,9 @@ def read_manifest(model_dir: Path) -> Manifest:
         raise ManifestError(f"{path} is not a valid xraysr manifest: {describe_validation_error(error)}") from error
 
 
-def load_manifest(model_dir: Path) -> Manifest:
+def load_manifest(model_dir: Path, precision: Precision = "fp32") -> Manifest:
     """Reads the manifest and checks every component's file exists with the recorded sha256."""
-    manifest = read_manifest(model_dir)
+    manifest = read_manifest(model_dir, precision)
     for name, component in manifest.components.items():
         file = Path(model_dir) / component.path
         if not file.is_file():
@@ -152,7 +168,11 @@ def load_manifest(model_dir: Path) -> Manifest:
     return manifest
 
 
-def write_manifest(manifest: Manifest, model_dir: Path) -> Path:
-    path = Path(model_dir) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=1) + "\n")
+def write_manifest(manifest: Manifest, model_dir: Path, precision: Precision = "fp32") -> Path:
+    path = Path(model_dir) / manifest_name(precision)
+    # Write beside, then rename: a reader never sees half a manifest, and a symlinked manifest (a test's
+    # copy of engines/<model>) is replaced rather than written through into the shipped file.
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(manifest.model_dump(mode="json"), indent=1) + "\n")
+    os.replace(partial, path)
     return path

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.manifest import Manifest
-from service.runtimes import Runtime
+from service.runtimes import DeviceLoop, Runtime
 from service.sampler import DDIMSampler, initial_noise
 
 
@@ -53,18 +53,13 @@ class SRPipeline:
 
         # 2. denoise: x_T ~ N(0, I) for the seed, then the DDIM loop on the scaled residual
         started = time.perf_counter()
-        noisy_name, timestep_name, condition_name = self._names["unet"]
         sample = initial_noise(lr_latent.shape, seed)
-        for timestep in timesteps:
-            prediction = self.runtime.run(
-                "unet",
-                {
-                    noisy_name: sample,
-                    timestep_name: np.full((1,), timestep, dtype=np.float32),
-                    condition_name: lr_latent,
-                },
-            )
-            sample = sampler.step(prediction, int(timestep), sample)
+        if "unet_step" in self.manifest.components and isinstance(self.runtime, DeviceLoop):
+            # The same update inside the graph (training/export.py's unet_step): the loop stays on the GPU.
+            alphas = np.array([sampler.alphas(int(timestep)) for timestep in timesteps], dtype=np.float32)
+            sample = self.runtime.denoise(sample, lr_latent, timesteps, alphas)
+        else:
+            sample = self._denoise_on_host(sampler, sample, lr_latent, timesteps)
         hr_latent = sample / np.float32(latent.target_scale)
         if latent.target == "residual":
             hr_latent = hr_latent + lr_latent
@@ -77,3 +72,20 @@ class SRPipeline:
         result.image = to_pixels(hr_image[0, 0])
         result.stage_seconds["vae_decode"] = time.perf_counter() - started
         return result
+
+    def _denoise_on_host(
+        self, sampler: DDIMSampler, sample: np.ndarray, lr_latent: np.ndarray, timesteps: np.ndarray
+    ) -> np.ndarray:
+        """The UNet on the runtime, the DDIM update in numpy, once per timestep."""
+        noisy_name, timestep_name, condition_name = self._names["unet"]
+        for timestep in timesteps:
+            prediction = self.runtime.run(
+                "unet",
+                {
+                    noisy_name: sample,
+                    timestep_name: np.full((1,), timestep, dtype=np.float32),
+                    condition_name: lr_latent,
+                },
+            )
+            sample = sampler.step(prediction, int(timestep), sample)
+        return sample

@@ -29,14 +29,21 @@ class DDIMSampler:
         self.timesteps = np.round(np.arange(train_steps, 0, -spacing)).astype(np.int64) - 1
         return self.timesteps
 
+    def alphas(self, timestep: int) -> tuple[float, float]:
+        """(alpha_cumprod at t, at t - Δ): the step's only inputs besides the model, also fed to the step graph.
+
+        Past the first timestep, alpha is 1: the sample is x0 itself (diffusers' ``set_alpha_to_one``).
+        """
+        if self.timesteps is None:
+            raise ValueError("call set_timesteps() before alphas() or step()")
+        previous = timestep - self._step_ratio
+        alpha_previous = float(self.alphas_cumprod[previous]) if previous >= 0 else 1.0
+        return float(self.alphas_cumprod[timestep]), alpha_previous
+
     def step(self, model_output: np.ndarray, timestep: int, sample: np.ndarray) -> np.ndarray:
         """One update x_t → x_{t-Δ}."""
-        if self.timesteps is None:
-            raise ValueError("call set_timesteps() before step()")
-        # 1. previous step value (= t - Δ); past the first timestep, alpha is 1: the sample is x0 itself
-        previous = timestep - self._step_ratio
-        alpha_t = self.alphas_cumprod[timestep]
-        alpha_previous = self.alphas_cumprod[previous] if previous >= 0 else 1.0
+        # 1. alphas at t and at the previous step value (= t - Δ)
+        alpha_t, alpha_previous = self.alphas(timestep)
         beta_t = 1.0 - alpha_t
         # 2. predicted x0 and predicted noise, from whichever the model outputs (DDIM eq. (12), "predicted x0")
         match self.spec.prediction_type:

@@ -12,10 +12,15 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.manifest import MANIFEST_NAME
+from service.manifest import MANIFEST_NAME, manifest_name
 from service.validation import describe_validation_error
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+FP16_NEEDS_TENSORRT = (
+    "fp16 needs the tensorrt backend (TensorRT builds FP16 engines from the FP32 ONNX); use fp32 or int8 on onnxruntime"
+)
 
 
 class SettingsError(ValueError):
@@ -30,7 +35,9 @@ class Settings(BaseSettings):
     engines_dir: Path = Field(Path("engines"), description="The folder holding one sub-folder per model.")
     model: str = Field("cxr-default", pattern=r"^[A-Za-z0-9_.-]+$", description="engines_dir/<model> is served.")
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Must match the manifest's precision.")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32", description="fp32 serves manifest.json, int8 manifest.int8.json (`xraysr quantize`)."
+    )
     threads: int | None = Field(None, ge=1, description="Intra-op threads per inference; None lets the runtime pick.")
     max_concurrent_requests: int = Field(1, ge=1, description="Upscales running at once.")
     max_queued_requests: int = Field(8, ge=0, description="Upscales waiting for a slot; more are refused with 503.")
@@ -48,7 +55,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _model_dir_holds_a_manifest(self) -> Settings:
-        if not (self.model_dir / MANIFEST_NAME).is_file():
+        if self.precision == "fp16" and self.backend == "onnxruntime":
+            raise ValueError(FP16_NEEDS_TENSORRT)
+        name = manifest_name(self.precision)
+        if name != MANIFEST_NAME and self.model_dir.is_dir() and not (self.model_dir / name).is_file():
+            raise ValueError(
+                f"model folder {self.model_dir} has no {name} for --precision {self.precision}; "
+                f"quantize it with `xraysr quantize --engines {self.model_dir} --calib <prepared data folder>`, "
+                "or serve its manifest.json with --precision fp32"
+            )
+        if not (self.model_dir / name).is_file():
             found = "exists but has no manifest.json" if self.model_dir.is_dir() else "does not exist"
             raise ValueError(
                 f"model folder {self.model_dir} {found} (engines_dir={self.engines_dir}, model={self.model}); "

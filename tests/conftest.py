@@ -68,3 +68,13 @@ def tiny_engine_dir(tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_engine_dir: Path) -> Path:
     return tiny_engine_dir.parent / "runs" / "tiny" / "checkpoints" / "step_0000002.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_step_engine_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported again with the optional unet_step component (UNet + DDIM update)."""
+    from training.export import export_model
+
+    engine = tmp_path_factory.mktemp("tiny_step_engine") / "engine"
+    export_model(tiny_checkpoint, engine, "tiny", version="tiny-test", steps=(2, 4, 50), step_graph=True)
+    return engine

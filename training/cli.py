@@ -88,6 +88,7 @@ def _evaluate_served(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
         threads=args.threads,
+        precision=args.precision,
     )
     print(json.dumps(report["summary"], indent=2))
     return 0
@@ -103,8 +104,27 @@ def _export(args: argparse.Namespace) -> int:
         args.model or args.out.name,
         version=args.version,
         steps=(args.min_steps, args.default_steps, args.max_steps),
+        step_graph=args.step_graph,
     )
     print(f"exported {manifest.model} {manifest.version} to {args.out}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from training.quantize import quantize_engines, report_markdown
+
+    report = quantize_engines(
+        args.engines,
+        args.calib,
+        args.out or Path("runs") / "quantize" / args.engines.name,
+        calib_images=args.calib_images,
+        split=args.split,
+        eval_split=args.eval_split,
+        seed=args.seed,
+        max_component_drop_db=args.max_component_drop_db,
+        max_component_ssim_drop=args.max_component_ssim_drop,
+    )
+    print(report_markdown(report))
     return 0
 
 
@@ -156,6 +176,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     served.add_argument("--steps", type=int, default=25)
     served.add_argument("--seed", type=int, default=0)
     served.add_argument("--threads", type=int)
+    served.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="passed to `xraysr serve --precision`")
     served.add_argument("--out", type=Path, required=True, help="folder for served_report.json")
     served.set_defaults(handler=_evaluate_served)
 
@@ -167,4 +188,27 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--min-steps", type=int, default=10)
     export.add_argument("--default-steps", type=int, default=25)
     export.add_argument("--max-steps", type=int, default=50)
+    export.add_argument(
+        "--step-graph", action="store_true", help="also export unet_step.onnx (UNet + DDIM update, for TensorRT)"
+    )
     export.set_defaults(handler=_export)
+
+    quantize = commands.add_parser(
+        "quantize", help="engines/<model> → INT8 QDQ ONNX + manifest.int8.json, calibrated on real images"
+    )
+    quantize.add_argument("--engines", type=Path, required=True, help="engines/<model> folder with manifest.json")
+    quantize.add_argument("--calib", type=Path, required=True, help="prepared data root (LR_64/, HR_256/, splits.csv)")
+    quantize.add_argument("--calib-images", type=int, default=64, help="calibration images (default 64)")
+    quantize.add_argument("--split", default="train", choices=["train", "val", "test"], help="calibration split")
+    quantize.add_argument("--eval-split", default="test", choices=["train", "val", "test"], help="scored split")
+    quantize.add_argument("--seed", type=int, default=0)
+    quantize.add_argument(
+        "--max-component-drop-db", type=float, default=0.05,
+        help="an encoder/decoder whose INT8 costs more PSNR than this stays FP32 (default 0.05)",
+    )
+    quantize.add_argument(
+        "--max-component-ssim-drop", type=float, default=0.0005,
+        help="an encoder/decoder whose INT8 costs more SSIM than this stays FP32 (default 0.0005)",
+    )
+    quantize.add_argument("--out", type=Path, help="report folder (default runs/quantize/<model>)")
+    quantize.set_defaults(handler=_quantize)

@@ -33,13 +33,15 @@ def evaluate_served(
     steps: int,
     seed: int,
     threads: int | None = None,
+    precision: str | None = None,
 ) -> dict:
     rows = [row for row in read_splits(data_root) if row.split == split]
     if not rows:
         raise ValueError(f"{data_root}/splits.csv has no {split!r} images")
     per_image = []
     started = time.monotonic()
-    with local_server(engines_dir, model, threads) as base_url, httpx.Client(base_url=base_url, timeout=120) as client:
+    server = local_server(engines_dir, model, threads, precision=precision)
+    with server as base_url, httpx.Client(base_url=base_url, timeout=120) as client:
         version = client.get("/readyz").json().get("version")
         for row in rows:
             lr_png = (data_root / "LR_64" / row.filename).read_bytes()
@@ -71,6 +73,7 @@ def evaluate_served(
         "settings": {
             "engines": str(engines_dir / model),
             "model_version": version,
+            "precision": precision or "fp32",
             "split": split,
             "images": len(per_image),
             "steps": steps,

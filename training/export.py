@@ -40,6 +40,70 @@ class _Decoder(nn.Module):
         return self.vae.decode(hr_latent).clamp(-1.0, 1.0)
 
 
+class _UNetStep(nn.Module):
+    """The UNet and one deterministic DDIM update (eq. (12), sigma = 0) in one graph: x_t → x_{t-Δ}.
+
+    The alphas are inputs, not constants, so one graph serves any step count; a runtime that keeps the
+    sample on the GPU then needs no host round trip between steps. It mirrors service/sampler.py's
+    ``DDIMSampler.step``, and tests/training/test_export_step.py pins the two together.
+    """
+
+    def __init__(self, unet: nn.Module, prediction_type: str) -> None:
+        super().__init__()
+        self.unet = unet
+        self.prediction_type = prediction_type
+
+    def forward(
+        self, sample: Tensor, timestep: Tensor, lr_latent: Tensor, alpha_t: Tensor, alpha_prev: Tensor
+    ) -> Tensor:
+        model_output = self.unet(sample, timestep, lr_latent)
+        # One alpha per batch item, broadcast over channels and pixels.
+        alpha_t = alpha_t.reshape(-1, 1, 1, 1)
+        alpha_prev = alpha_prev.reshape(-1, 1, 1, 1)
+        sqrt_alpha, sqrt_beta = alpha_t.sqrt(), (1.0 - alpha_t).sqrt()
+        if self.prediction_type == "epsilon":
+            predicted_noise = model_output
+            predicted_x0 = (sample - sqrt_beta * model_output) / sqrt_alpha
+        elif self.prediction_type == "sample":
+            predicted_x0 = model_output
+            predicted_noise = (sample - sqrt_alpha * model_output) / sqrt_beta
+        elif self.prediction_type == "v_prediction":
+            predicted_x0 = sqrt_alpha * sample - sqrt_beta * model_output
+            predicted_noise = sqrt_alpha * model_output + sqrt_beta * sample
+        else:
+            raise ValueError(f"unknown prediction_type {self.prediction_type!r}")
+        return alpha_prev.sqrt() * predicted_x0 + (1.0 - alpha_prev).sqrt() * predicted_noise
+
+
+UNET_STEP_INPUTS = ["sample", "timestep", "lr_latent", "alpha_t", "alpha_prev"]
+
+
+def export_unet_step(pipeline: SRPipeline, path: Path) -> Component:
+    """Writes ``unet_step.onnx``: (sample, timestep, lr_latent, alpha_t, alpha_prev) → next_sample."""
+    config = pipeline.config
+    latent_size = config.data.hr_size // pipeline.vae.downsample_factor
+    latent = torch.zeros(1, pipeline.vae.latent_channels, latent_size, latent_size)
+    scalar = torch.full((1,), 0.5)
+    args = (latent, torch.full((1,), 999.0), latent, scalar, scalar)
+    module = _UNetStep(pipeline.unet, config.diffusion.prediction_type)
+    with torch.no_grad():
+        onnx_export(
+            module,
+            args,
+            path,
+            UNET_STEP_INPUTS,
+            ["next_sample"],
+            {name: {0: "batch"} for name in [*UNET_STEP_INPUTS, "next_sample"]},
+        )
+    logger.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return Component(
+        path=path.name,
+        sha256=sha256_of(path),
+        inputs=tuple(_spec(name, arg) for name, arg in zip(UNET_STEP_INPUTS, args, strict=True)),
+        outputs=(_spec("next_sample", latent),),
+    )
+
+
 def onnx_export(
     model: nn.Module,
     args: tuple[Tensor, ...],
@@ -75,8 +139,13 @@ def export_model(
     model_name: str,
     version: str | None = None,
     steps: tuple[int, int, int] = (10, 25, 50),
+    step_graph: bool = False,
 ) -> Manifest:
-    """Exports the EMA weights; ``steps`` is the supported (min, default, max) sampling step count."""
+    """Exports the EMA weights; ``steps`` is the supported (min, default, max) sampling step count.
+
+    ``step_graph`` also exports ``unet_step.onnx`` (UNet + DDIM update, see ``export_unet_step``) as the
+    manifest's optional ``unet_step`` component: TensorRT then runs the whole loop on the GPU.
+    """
     pipeline = SRPipeline.from_checkpoint(checkpoint)
     config = pipeline.config
     if config.diffusion.eta != 0.0:
@@ -110,6 +179,8 @@ def export_model(
                 outputs=(_spec(outputs[0], result),),
             )
             logger.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    if step_graph:
+        components["unet_step"] = export_unet_step(pipeline, out_dir / "unet_step.onnx")
 
     minimum, default, maximum = steps
     alphas_cumprod = make_training_scheduler(config.diffusion).alphas_cumprod

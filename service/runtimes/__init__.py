@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from service.manifest import Manifest
+from service.manifest import Manifest, Precision
 
 Backend = Literal["onnxruntime", "tensorrt"]
 
@@ -20,11 +20,37 @@ class Runtime(Protocol):
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-def load_runtime(backend: Backend, manifest: Manifest, model_dir: Path, threads: int | None = None) -> Runtime:
+@runtime_checkable
+class DeviceLoop(Protocol):
+    """A runtime that iterates the manifest's ``unet_step`` graph over all steps without a host round trip.
+
+    ``alphas`` holds one (alpha_t, alpha_prev) row per timestep, from ``DDIMSampler.alphas``.
+    """
+
+    def denoise(
+        self, sample: np.ndarray, lr_latent: np.ndarray, timesteps: np.ndarray, alphas: np.ndarray
+    ) -> np.ndarray: ...
+
+
+def load_runtime(
+    backend: Backend,
+    manifest: Manifest,
+    model_dir: Path,
+    threads: int | None = None,
+    precision: Precision | None = None,
+) -> Runtime:
+    """``precision`` (default: the manifest's) matters to TensorRT only, which builds fp16 from fp32 files."""
     match backend:
         case "onnxruntime":
             from service.runtimes.onnxruntime import OnnxRuntime
 
             return OnnxRuntime(manifest, model_dir, threads)
         case "tensorrt":
-            raise ValueError("the tensorrt backend is not available in this build; use --backend onnxruntime")
+            try:
+                from service.runtimes.tensorrt import TensorRTRuntime
+            except ImportError as error:
+                raise ValueError(
+                    "the tensorrt backend needs TensorRT and pycuda (JetPack ships TensorRT; build pycuda in the "
+                    f"image): {error}; or use --backend onnxruntime"
+                ) from error
+            return TensorRTRuntime(manifest, model_dir, precision)

@@ -6,10 +6,12 @@ import base64
 import io
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import anyio
 import httpx
@@ -161,9 +163,19 @@ def test_metrics_count_every_upscale_whoever_answered(engine_settings: Settings,
     assert 'xraysr_model_info{backend="onnxruntime",model="tiny",precision="fp32",version="tiny-test"} 1.0' in text
 
 
-def test_a_precision_the_manifest_does_not_hold_stops_start_up(engine_settings: Settings) -> None:
-    settings = engine_settings.model_copy(update={"precision": "int8"})
-    expected = f"{settings.model_dir} holds fp32 files; --precision int8 needs int8 files: export or quantize"
+def test_a_precision_the_folder_does_not_hold_stops_start_up(engine_settings: Settings) -> None:
+    settings = engine_settings.model_copy(update={"precision": "int8"})  # skips the settings' own check
+    expected = f"no manifest.int8.json in {settings.model_dir}: quantize it with `xraysr quantize`"
+    with pytest.raises(ValueError, match=re.escape(expected)), TestClient(create_app(settings)):
+        pass
+
+
+def test_a_manifest_of_another_precision_stops_start_up(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_engine_dir, model_dir)
+    shutil.copyfile(model_dir / "manifest.json", model_dir / "manifest.int8.json")  # says fp32
+    settings = Settings(engines_dir=tmp_path, model="tiny", precision="int8")
+    expected = f"{model_dir / 'manifest.int8.json'} says precision fp32; --precision int8 needs int8"
     with pytest.raises(ValueError, match=re.escape(expected)), TestClient(create_app(settings)):
         pass
 

@@ -15,8 +15,8 @@ def test_bench_measures_in_process_http_and_torch_in_one_run(tiny_engine_dir: Pa
         tiny_engine_dir.parent, tiny_engine_dir.name, image, steps=2, runs=3, http=True, checkpoint=tiny_checkpoint
     )
     assert [entry.name for entry in series] == [
-        "ONNX Runtime, in-process",
-        "over HTTP (uvicorn, loopback)",
+        "ONNX Runtime, in-process, fp32",
+        "over HTTP (uvicorn, loopback), fp32",
         "PyTorch reference sampler (diffusers DDIM), in-process",
     ]
     assert set(series[0].seconds) == {"encode", "denoise", "vae_decode", "caller_wall"}
@@ -25,5 +25,5 @@ def test_bench_measures_in_process_http_and_torch_in_one_run(tiny_engine_dir: Pa
     assert all(min(entry.seconds["caller_wall"]) > 0 for entry in series)
     report = markdown(series, "xraysr bench --steps 2 --runs 3", steps=2, runs=3)
     assert "Command: `xraysr bench --steps 2 --runs 3`" in report
-    assert "| ONNX Runtime, in-process | denoise |" in report
-    assert "| ONNX Runtime, in-process | " in report and "| 1.00× |" in report
+    assert "| ONNX Runtime, in-process, fp32 | denoise |" in report
+    assert "| 1.00× |" in report

@@ -82,7 +82,8 @@ def test_serve_with_a_bad_setting_exits_with_one_clear_line(tiny_engine_dir: Pat
     ("flags", "message"),
     [
         (["--model", "nope"], "model folder {engines}/nope does not exist"),
-        (["--precision", "int8"], "{engines}/{model} holds fp32 files; --precision int8 needs int8 files"),
+        (["--precision", "int8"], "model folder {engines}/{model} has no manifest.int8.json for --precision int8"),
+        (["--precision", "fp16"], "fp16 needs the tensorrt backend (TensorRT builds FP16 engines from the FP32 ONNX)"),
         (["--max-body-bytes", "10"], "max_body_bytes: Input should be greater than or equal to 1024"),
     ],
 )

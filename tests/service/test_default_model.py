@@ -31,3 +31,21 @@ def test_the_shipped_model_verifies_and_upscales_a_real_xray() -> None:
     # A 4×4 box average of the output must come back close to the input it was made from.
     pooled = result.image.reshape(64, 4, 64, 4).mean(axis=(1, 3))
     assert np.abs(pooled - lr).mean() < 3.0
+
+
+def test_the_shipped_int8_model_verifies_and_upscales_a_real_xray() -> None:
+    if not (DEFAULT_MODEL / "manifest.int8.json").is_file():
+        pytest.skip("engines/cxr-default has no manifest.int8.json: `xraysr quantize` was not run")
+    manifest = load_manifest(DEFAULT_MODEL, "int8")  # every sha256 checked
+    assert (manifest.model, manifest.precision) == ("cxr-default", "int8")
+    assert manifest.components["unet"].path == "unet.int8.onnx"
+    assert sum(path.stat().st_size for path in DEFAULT_MODEL.iterdir()) < 40e6  # FP32 and INT8 files together
+    lr_path = SHARED_DATA / "cxr" / "LR_64" / "ieee8023_183_0.png"
+    if not lr_path.is_file():
+        pytest.skip(f"shared CXR development set not found at {lr_path.parent}")
+    pipeline = SRPipeline(manifest, load_runtime("onnxruntime", manifest, DEFAULT_MODEL))
+    lr = np.array(Image.open(lr_path))
+    result = pipeline.upscale(lr, steps=10, seed=0)
+    assert result.image.shape == (256, 256) and result.image.dtype == np.uint8
+    pooled = result.image.reshape(64, 4, 64, 4).mean(axis=(1, 3))
+    assert np.abs(pooled - lr).mean() < 3.0

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from service.manifest import ManifestError, load_manifest, read_manifest, sha256_of
+from service.manifest import (
+    ManifestError,
+    load_manifest,
+    manifest_name,
+    read_manifest,
+    sha256_of,
+    write_manifest,
+)
 
 
 @pytest.fixture()
@@ -68,3 +75,26 @@ def test_no_manifest_and_broken_json(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(ManifestError, match="cannot read"):
         read_manifest(tmp_path)
+
+
+def test_each_precision_has_its_manifest_file(engine_copy: Path) -> None:
+    names = [manifest_name(precision) for precision in ("fp32", "fp16", "int8")]
+    assert names == ["manifest.json", "manifest.json", "manifest.int8.json"]
+    manifest = load_manifest(engine_copy)
+    with pytest.raises(ManifestError, match="no manifest.int8.json in .*: quantize it with `xraysr quantize`"):
+        read_manifest(engine_copy, "int8")
+    quantized = manifest.model_copy(update={"precision": "int8"})
+    assert write_manifest(quantized, engine_copy, "int8") == engine_copy / "manifest.int8.json"
+    assert load_manifest(engine_copy, "int8") == quantized
+    assert load_manifest(engine_copy) == manifest
+
+
+def test_writing_through_a_symlinked_folder_leaves_the_original_alone(engine_copy: Path, tmp_path: Path) -> None:
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for file in engine_copy.iterdir():
+        (linked / file.name).symlink_to(file)
+    original = (engine_copy / "manifest.json").read_text()
+    write_manifest(read_manifest(linked).model_copy(update={"version": "edited"}), linked)
+    assert (engine_copy / "manifest.json").read_text() == original
+    assert read_manifest(linked).version == "edited" and not (linked / "manifest.json").is_symlink()

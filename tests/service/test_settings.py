@@ -92,3 +92,22 @@ def test_settings_are_frozen_and_refuse_unknown_names(engines: Path) -> None:
     with pytest.raises(SettingsError, match="colour: Extra inputs are not permitted"):
         load_settings(colour="yes")
     assert isinstance(settings, Settings)
+
+
+def test_fp16_on_onnxruntime_is_refused_with_the_way_out(engines: Path) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(precision="fp16")
+    assert str(raised.value) == (
+        "fp16 needs the tensorrt backend (TensorRT builds FP16 engines from the FP32 ONNX); "
+        "use fp32 or int8 on onnxruntime"
+    )
+
+
+def test_int8_needs_the_quantized_manifest(engines: Path) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(precision="int8")
+    message = str(raised.value)
+    assert message.startswith("model folder engines/cxr-default has no manifest.int8.json for --precision int8")
+    assert "xraysr quantize --engines engines/cxr-default --calib <prepared data folder>" in message
+    (engines / "cxr-default" / "manifest.int8.json").write_text("{}")
+    assert load_settings(precision="int8").precision == "int8"

@@ -1,0 +1,247 @@
+"""jetson/: build_engines.sh against a fake trtexec (the exact command lines it would run on an Orin and a
+Nano), power_mode.sh against fake nvpmodel/jetson_clocks, and the systemd unit's structure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+JETSON = REPO / "jetson"
+ORIN_COMPATIBLE = b"nvidia,p3768-0000+p3767-0005\0nvidia,p3767-0005\0nvidia,tegra234\0"
+NANO_COMPATIBLE = b"nvidia,p3450-0000\0nvidia,jetson-nano\0nvidia,tegra210\0"
+
+
+def _executable(path: Path, body: str) -> None:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Path:
+    """A folder with a fake trtexec (TensorRT >= 8.4: it knows --memPoolSize) that logs its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _executable(
+        bin_dir / "trtexec",
+        'if [ "$1" = --help ]; then echo "  --memPoolSize=poolspec"; exit 0; fi\n'
+        f'echo "$*" >> "{tmp_path}/trtexec.calls"\necho "&&&& PASSED TensorRT.trtexec"\n',
+    )
+    return tmp_path
+
+
+def _build(board: Path, compatible: bytes | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    compatible_file = board / "compatible"
+    if compatible is not None:
+        compatible_file.write_bytes(compatible)
+    environ = {
+        "PATH": f"{board / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "DEVICE_TREE_COMPATIBLE": str(compatible_file),
+        "SOC_ID_FILE": str(board / "soc_id"),
+        **env,
+    }
+    command = ["bash", str(JETSON / "build_engines.sh"), "--out", str(board / "out"), *args]
+    return subprocess.run(command, cwd=REPO, env=environ, capture_output=True, text=True, timeout=30)
+
+
+def _calls(board: Path) -> list[str]:
+    return (board / "trtexec.calls").read_text().splitlines()
+
+
+def test_an_orin_builds_fp16_engines_with_the_manifests_input_shapes(board: Path) -> None:
+    result = _build(board, ORIN_COMPATIBLE, "--precision", "fp16", "--max-batch", "2")
+    assert result.returncode == 0, result.stderr
+    out = board / "out"
+    assert result.stdout.splitlines() == [f"{out}/{name}-fp16.plan" for name in ("encoder", "unet", "decoder")]
+    assert _calls(board)[1] == (
+        f"--onnx=engines/cxr-default/unet.onnx --saveEngine={out}/unet-fp16.plan --fp16 "
+        f"--memPoolSize=workspace:1024 --timingCacheFile={out}/timing.cache "
+        "--minShapes=noisy_latent:1x16x64x64,timestep:1,lr_latent:1x16x64x64 "
+        "--optShapes=noisy_latent:2x16x64x64,timestep:2,lr_latent:2x16x64x64 "
+        "--maxShapes=noisy_latent:2x16x64x64,timestep:2,lr_latent:2x16x64x64"
+    )
+    assert "PASSED" in (out / "unet-fp16.log").read_text()
+
+
+def test_int8_builds_the_quantized_manifests_files_with_int8_and_fp16(board: Path) -> None:
+    model_dir = board / "engines" / "cxr-q"
+    model_dir.mkdir(parents=True)
+    manifest = json.loads((REPO / "engines" / "cxr-default" / "manifest.json").read_text())
+    for name, component in manifest["components"].items():
+        component["path"] = f"{name}.int8.onnx"
+    (model_dir / "manifest.int8.json").write_text(json.dumps(manifest))
+    result = _build(board, ORIN_COMPATIBLE, "--engines-dir", str(board / "engines"), "--model", "cxr-q")
+    assert result.returncode == 0, result.stderr
+    assert _calls(board)[0].startswith(
+        f"--onnx={model_dir}/encoder.int8.onnx --saveEngine={board}/out/encoder-int8.plan --int8 --fp16 "
+    )
+
+
+def test_int8_without_a_quantized_model_says_how_to_make_one(board: Path) -> None:
+    shutil.copytree(
+        REPO / "engines" / "cxr-default", board / "engines" / "fp32-only", ignore=shutil.ignore_patterns("*.int8.*")
+    )
+    result = _build(
+        board, ORIN_COMPATIBLE, "--precision", "int8", "--engines-dir", str(board / "engines"), "--model", "fp32-only"
+    )
+    assert result.returncode == 1
+    assert "manifest.int8.json does not exist: quantize the model first (xraysr quantize)" in result.stderr
+
+
+def test_the_original_nano_falls_back_from_int8_to_fp16(board: Path) -> None:
+    result = _build(board, NANO_COMPATIBLE, "--precision", "int8")
+    assert result.returncode == 0, result.stderr
+    assert "compute capability 5.3 has no INT8 in TensorRT: building fp16 instead" in result.stderr
+    assert all(" --fp16 " in call and "--int8" not in call for call in _calls(board))
+    assert _calls(board)[0].startswith("--onnx=engines/cxr-default/encoder.onnx ")
+
+
+def test_the_chip_id_stands_in_for_a_masked_device_tree_and_old_trtexec_gets_workspace(board: Path) -> None:
+    (board / "soc_id").write_text("33\n")
+    _executable(board / "bin" / "trtexec", f'[ "$1" = --help ] && exit 0\necho "$*" >> "{board}/trtexec.calls"\n')
+    result = _build(board, None, "--precision", "fp16")
+    assert result.returncode == 0, result.stderr
+    assert "for compute capability 5.3" in result.stderr
+    assert all("--workspace=1024 " in call and "memPoolSize" not in call for call in _calls(board))
+
+
+def test_an_unknown_board_asks_for_the_capability(board: Path) -> None:
+    if shutil.which("nvidia-smi", path="/usr/bin:/bin"):
+        pytest.skip("this machine has nvidia-smi, which answers instead")
+    result = _build(board, b"acme,board\0", "--precision", "fp16", PATH=f"{board / 'bin'}:/usr/bin:/bin")
+    assert result.returncode == 1
+    assert "set XRAYSR_COMPUTE_CAPABILITY" in result.stderr
+    assert _build(board, b"acme,board\0", "--precision", "fp16", XRAYSR_COMPUTE_CAPABILITY="8.7").returncode == 0
+
+
+def test_a_failed_trtexec_stops_with_its_log(board: Path) -> None:
+    _executable(board / "bin" / "trtexec", '[ "$1" = --help ] && exit 0\necho "[E] Error: unsupported op"\nexit 1\n')
+    result = _build(board, ORIN_COMPATIBLE, "--precision", "fp16")
+    assert result.returncode == 1
+    assert "trtexec failed on encoder.onnx" in result.stderr and "[E] Error: unsupported op" in result.stderr
+
+
+# --- power_mode.sh -----------------------------------------------------------------------------------------
+
+# An excerpt of an Orin Nano's /etc/nvpmodel.conf (JetPack 6.0).
+ORIN_NANO_CONF = (
+    "< POWER_MODEL ID=0 NAME=15W >\nCPU_ONLINE CORE_0 1\n< POWER_MODEL ID=1 NAME=7W >\nCPU_ONLINE CORE_4 0\n"
+    "< PM_CONFIG DEFAULT=0 >\n"
+)
+
+
+def _power_mode(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("nvpmodel", "jetson_clocks"):
+        _executable(bin_dir / tool, f'echo {tool} "$@" >> "{tmp_path}/calls"\n')
+    (tmp_path / "nvpmodel.conf").write_text(ORIN_NANO_CONF)
+    environ = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "NVPMODEL_CONF": str(tmp_path / "nvpmodel.conf")}
+    result = subprocess.run(
+        ["bash", str(JETSON / "power_mode.sh"), *args], env=environ, capture_output=True, text=True, timeout=10
+    )
+    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    return result, calls
+
+
+@pytest.fixture
+def as_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("power_mode.sh refuses to run without root")
+
+
+@pytest.mark.usefixtures("as_root")
+def test_a_mode_name_is_looked_up_in_the_boards_configuration(tmp_path: Path) -> None:
+    result, calls = _power_mode(tmp_path, "7w")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["nvpmodel -m 1", "jetson_clocks", "nvpmodel -q"]
+    assert "power_mode.sh: nvpmodel -m 1 (7W)" in result.stdout
+
+
+@pytest.mark.usefixtures("as_root")
+def test_an_id_is_taken_as_given_and_clocks_can_be_left_alone(tmp_path: Path) -> None:
+    result, calls = _power_mode(tmp_path, "0", "--no-clocks")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["nvpmodel -m 0", "nvpmodel -q"]
+
+
+@pytest.mark.usefixtures("as_root")
+def test_a_mode_the_board_lacks_lists_the_ones_it_has(tmp_path: Path) -> None:
+    result, calls = _power_mode(tmp_path, "MAXN")
+    assert result.returncode == 1 and calls == []
+    assert "no mode MAXN in" in result.stderr and "0 15W\n1 7W" in result.stderr
+
+
+def test_the_modes_are_listed_without_root(tmp_path: Path) -> None:
+    result, calls = _power_mode(tmp_path, "--list")
+    assert result.returncode == 0 and calls == []
+    assert result.stdout.splitlines()[1:] == ["0 15W", "1 7W"]
+
+
+# --- the systemd unit and its environment file -------------------------------------------------------------
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """Sections → key → values (a key may repeat); continuation lines joined, comments dropped."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith(("#", ";"))):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        line, pending = pending + line, ""
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"{line!r} is outside a section"
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def test_the_unit_runs_the_container_and_restarts_on_failure() -> None:
+    unit = parse_unit((JETSON / "xraysr.service").read_text())
+    assert set(unit) == {"Unit", "Service", "Install"}
+    service = unit["Service"]
+    assert service["Restart"] == ["on-failure"]
+    assert service["EnvironmentFile"] == ["/etc/xraysr/xraysr.env"]
+    (exec_start,) = service["ExecStart"]
+    assert exec_start.startswith("/usr/bin/docker run --rm --name xraysr --runtime nvidia ")
+    assert "--volume xraysr-engines:/var/lib/xraysr/engines-cache" in exec_start
+    assert "--env-file /etc/xraysr/xraysr.env" in exec_start and exec_start.endswith("${XRAYSR_IMAGE}")
+    assert "docker.service" in unit["Unit"]["Requires"][0]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_systemd_finds_nothing_wrong_with_the_unit(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    shutil.copy(JETSON / "xraysr.service", tmp_path / "xraysr.service")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "xraysr.service")], capture_output=True, text=True, timeout=30
+    )
+    # This machine has neither Docker nor its unit; those two complaints are about the machine, not the file.
+    machine = ("Unit docker.service not found", "Command /usr/bin/docker is not executable")
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if not any(m in line for m in machine)]
+    assert problems == []
+
+
+def test_the_example_environment_file_names_real_settings() -> None:
+    settings = {f"XRAYSR_{name.upper()}" for name in Settings.model_fields}
+    for line in (JETSON / "xraysr.env.example").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        assert value and value[0] not in "'\"" and not key.startswith("export"), line  # docker --env-file syntax
+        assert key in settings | {"XRAYSR_IMAGE", "XRAYSR_PUBLISH"}, key

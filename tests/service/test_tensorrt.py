@@ -1,0 +1,391 @@
+"""The TensorRT backend: cache keys, the precision policy and build checks on any CPU; real engines on a GPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.cli import main
+from service.manifest import Manifest, load_manifest, write_manifest
+from service.pipeline import SRPipeline
+from service.runtimes import DeviceLoop, load_runtime
+from service.runtimes.onnxruntime import OnnxRuntime
+from service.runtimes.trt_build import (
+    Device,
+    EngineKey,
+    build_all,
+    cached_engine,
+    check_build_request,
+    load_or_build,
+    resolve_precision,
+    sidecar_path,
+)
+
+TRT_AVAILABLE = all(importlib.util.find_spec(name) is not None for name in ("tensorrt", "pycuda"))
+needs_tensorrt = pytest.mark.skipif(
+    not TRT_AVAILABLE, reason="TensorRT and pycuda are not installed (they need a GPU driver and NVIDIA's index)"
+)
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
+ORIN = Device(name="Orin", compute_capability="8.7", tensorrt_version="10.3.0")
+NANO = Device(name="NVIDIA Tegra X1", compute_capability="5.3", tensorrt_version="8.2.1")
+
+KEY = EngineKey(
+    component="unet",
+    precision="fp16",
+    onnx_sha256="ab" * 32,
+    tensorrt_version="10.3.0",
+    gpu_name="Orin",
+    compute_capability="8.7",
+    workspace_mib=1024,
+    max_batch=1,
+)
+
+
+@pytest.fixture(scope="module")
+def manifest() -> Manifest:
+    return load_manifest(DEFAULT_MODEL)
+
+
+@pytest.fixture
+def model_with_int8(manifest: Manifest, tmp_path: Path) -> Path:
+    """The default model's files and manifest.json, plus a manifest.int8.json standing in for `xraysr quantize`."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for file in DEFAULT_MODEL.iterdir():
+        (model_dir / file.name).symlink_to(file)
+    write_manifest(manifest.model_copy(update={"precision": "int8"}), model_dir, "int8")
+    return model_dir
+
+
+# --- cache keys -------------------------------------------------------------------------------------------
+
+
+def test_same_fields_give_the_same_key() -> None:
+    assert dataclasses.replace(KEY).digest() == KEY.digest()
+    assert KEY.file_name() == f"unet-fp16-{KEY.digest()[:16]}.plan"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"component": "decoder"},
+        {"precision": "int8"},
+        {"onnx_sha256": "cd" * 32},
+        {"tensorrt_version": "8.6.2"},
+        {"gpu_name": "NVIDIA Tegra X1"},
+        {"compute_capability": "7.2"},
+        {"workspace_mib": 512},
+        {"max_batch": 4},
+    ],
+)
+def test_every_field_changes_the_key(change: dict[str, object]) -> None:
+    other = dataclasses.replace(KEY, **change)  # type: ignore[arg-type]
+    assert other.digest() != KEY.digest()
+    assert other.file_name() != KEY.file_name()
+
+
+def test_an_engine_is_built_once_then_loaded(tmp_path: Path) -> None:
+    builds: list[int] = []
+
+    def build() -> bytes:
+        builds.append(1)
+        return b"plan-bytes"
+
+    assert load_or_build(tmp_path, KEY, build) == (b"plan-bytes", "built")
+    assert load_or_build(tmp_path, KEY, build) == (b"plan-bytes", "loaded")
+    assert len(builds) == 1
+    assert json.loads(sidecar_path(tmp_path / KEY.file_name()).read_text()) == dataclasses.asdict(KEY)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([KEY.file_name(), f"{KEY.file_name()[:-5]}.json"])
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda sidecar: sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "tensorrt_version": "8.2"})),
+        lambda sidecar: sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "gpu_name": "Xavier"})),
+        lambda sidecar: sidecar.write_text("{not json"),
+        lambda sidecar: sidecar.unlink(),
+    ],
+    ids=["other-tensorrt", "other-gpu", "corrupt", "missing"],
+)
+def test_a_stale_or_foreign_engine_is_rebuilt_never_loaded(tmp_path: Path, tamper, caplog) -> None:  # type: ignore[no-untyped-def]
+    load_or_build(tmp_path, KEY, lambda: b"old")
+    tamper(sidecar_path(tmp_path / KEY.file_name()))
+    assert cached_engine(tmp_path, KEY) is None
+    assert load_or_build(tmp_path, KEY, lambda: b"new") == (b"new", "built")
+    assert load_or_build(tmp_path, KEY, lambda: b"unused") == (b"new", "loaded")
+
+
+def test_a_failed_build_leaves_no_plan(tmp_path: Path) -> None:
+    def build() -> bytes:
+        raise RuntimeError("TensorRT failed")
+
+    with pytest.raises(RuntimeError, match="TensorRT failed"):
+        load_or_build(tmp_path, KEY, build)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- precision policy -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "capability", "effective"),
+    [
+        ("int8", "8.7", "int8"),  # Orin
+        ("int8", "7.2", "int8"),  # Xavier
+        ("int8", "6.1", "int8"),
+        ("int8", "5.3", "fp16"),  # the original Nano: FP16, no INT8
+        ("fp16", "5.3", "fp16"),
+        ("fp32", "5.3", "fp32"),
+        ("fp16", "5.0", "fp32"),
+        ("int8", "5.0", "fp32"),
+        ("fp16", (8, 7), "fp16"),
+    ],
+)
+def test_resolve_precision(requested, capability, effective) -> None:  # type: ignore[no-untyped-def]
+    assert resolve_precision(requested, capability) == effective
+
+
+def test_int8_on_a_nano_warns_that_it_builds_fp16(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        resolve_precision("int8", "5.3")
+    assert "compute capability 5.3 has no INT8 in TensorRT: --precision int8 builds FP16" in caplog.text
+
+
+def test_a_malformed_compute_capability_is_refused() -> None:
+    with pytest.raises(ValueError, match="compute capability must look like '8.7', got 'sm87'"):
+        resolve_precision("fp16", "sm87")
+
+
+# --- manifest / engine compatibility ----------------------------------------------------------------------
+
+
+def test_int8_needs_a_quantized_model(manifest: Manifest) -> None:
+    with pytest.raises(ValueError, match="an INT8 engine needs a quantized \\(Q/DQ\\) model"):
+        check_build_request(manifest, "int8")
+    check_build_request(manifest, "fp16")
+    check_build_request(manifest, "fp32")
+
+
+def test_a_quantized_model_needs_int8_kernels(manifest: Manifest) -> None:
+    quantized = manifest.model_copy(update={"precision": "int8"})
+    check_build_request(quantized, "int8")
+    with pytest.raises(ValueError, match="is quantized \\(Q/DQ\\) but this GPU builds fp16"):
+        check_build_request(quantized, "fp16")
+
+
+def test_build_all_keys_each_component_by_its_onnx_checksum(
+    manifest: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[tuple[str, str, int, int]] = []
+
+    def fake_build(onnx_path: Path, precision: str, max_batch: int, workspace_mib: int, timing_cache: Path) -> bytes:
+        built.append((onnx_path.name, precision, max_batch, workspace_mib))
+        assert timing_cache == tmp_path / "timing.cache"
+        return onnx_path.name.encode()
+
+    monkeypatch.setattr("service.runtimes.trt_build.build_engine", fake_build)
+    engines, reports = build_all(DEFAULT_MODEL, tmp_path, "fp16", ORIN, workspace_mib=256)
+    assert engines == {name: f"{name}.onnx".encode() for name in ("encoder", "unet", "decoder")}
+    assert built == [(f"{name}.onnx", "fp16", 1, 256) for name in ("encoder", "unet", "decoder")]
+    assert [(report.component, report.action) for report in reports] == [
+        ("encoder", "built"),
+        ("unet", "built"),
+        ("decoder", "built"),
+    ]
+    for report in reports:
+        recorded = json.loads(sidecar_path(report.plan).read_text())
+        assert recorded["onnx_sha256"] == manifest.components[report.component].sha256  # type: ignore[index]
+        assert (recorded["gpu_name"], recorded["compute_capability"], recorded["tensorrt_version"]) == (
+            "Orin",
+            "8.7",
+            "10.3.0",
+        )
+
+    _, again = build_all(DEFAULT_MODEL, tmp_path, "fp16", ORIN, workspace_mib=256)
+    assert [report.action for report in again] == ["loaded"] * 3
+    assert len(built) == 3
+    # Another TensorRT (a JetPack upgrade) never loads these plans.
+    _, upgraded = build_all(DEFAULT_MODEL, tmp_path, "fp16", dataclasses.replace(ORIN, tensorrt_version="10.7.0"), 256)
+    assert [report.action for report in upgraded] == ["built"] * 3
+
+
+def test_int8_builds_the_quantized_files_on_an_orin_and_fp16_from_fp32_on_a_nano(
+    model_with_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    built: list[tuple[str, str]] = []
+
+    def fake_build(onnx_path: Path, precision: str, *_: object) -> bytes:
+        built.append((onnx_path.name, precision))
+        return b"plan"
+
+    monkeypatch.setattr("service.runtimes.trt_build.build_engine", fake_build)
+    _, orin = build_all(model_with_int8, tmp_path / "orin", "int8", ORIN)
+    assert [(report.component, report.precision) for report in orin] == [
+        ("encoder", "int8"),
+        ("unet", "int8"),
+        ("decoder", "int8"),
+    ]
+    with caplog.at_level(logging.WARNING):
+        _, nano = build_all(model_with_int8, tmp_path / "nano", "int8", NANO)
+    assert [report.precision for report in nano] == ["fp16"] * 3
+    assert "--precision int8 builds FP16" in caplog.text
+    assert all(report.plan.name.startswith(f"{report.component}-fp16-") for report in nano)
+
+
+def test_int8_without_a_quantized_model_and_a_zero_batch_are_refused(tmp_path: Path) -> None:
+    fp32_only = tmp_path / "fp32-only"
+    shutil.copytree(DEFAULT_MODEL, fp32_only, ignore=shutil.ignore_patterns("*.int8.*"))
+    with pytest.raises(ValueError, match="no manifest.int8.json in"):
+        build_all(fp32_only, tmp_path / "cache", "int8", ORIN)
+    with pytest.raises(ValueError, match="max batch must be at least 1, got 0"):
+        build_all(DEFAULT_MODEL, tmp_path, "fp16", ORIN, max_batch=0)
+
+
+# --- without TensorRT ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(TRT_AVAILABLE, reason="TensorRT and pycuda are installed here")
+def test_load_runtime_without_tensorrt_says_what_is_missing(manifest: Manifest) -> None:
+    with pytest.raises(ValueError, match="the tensorrt backend needs TensorRT and pycuda \\(JetPack ships TensorRT"):
+        load_runtime("tensorrt", manifest, DEFAULT_MODEL)
+
+
+@pytest.mark.skipif(TRT_AVAILABLE, reason="TensorRT and pycuda are installed here")
+def test_build_engines_without_tensorrt_exits_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["build-engines", "--engines-dir", str(DEFAULT_MODEL.parent), "--model", DEFAULT_MODEL.name]
+    assert main([*argv, "--precision", "fp16", "--cache-dir", str(tmp_path)]) == 2
+    assert "xraysr build-engines: error: building engines needs TensorRT and pycuda" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the runtime's plumbing on stand-ins (tests/service/fake_tensorrt.py) ------------------------------------
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[object]:
+    """service.runtimes.tensorrt imported against CPU stand-ins; the "engines" are the ONNX files themselves."""
+    from tests.service import fake_tensorrt as fakes
+
+    pycuda, driver = fakes.make_pycuda()
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.setitem(sys.modules, "tensorrt", fakes.make_tensorrt())
+    monkeypatch.setattr("service.runtimes.trt_build.build_engine", lambda onnx_path, *_: Path(onnx_path).read_bytes())
+    monkeypatch.setenv("XRAYSR_TRT_CACHE_DIR", str(tmp_path / "cache"))
+    sys.modules.pop("service.runtimes.tensorrt", None)
+    yield importlib.import_module("service.runtimes.tensorrt")
+    sys.modules.pop("service.runtimes.tensorrt", None)  # later tests must not see the stand-ins
+
+
+def test_build_engines_builds_then_loads(
+    fake_tensorrt: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["build-engines", "--engines-dir", str(DEFAULT_MODEL.parent), "--model", DEFAULT_MODEL.name]
+    argv += ["--precision", "fp16", "--cache-dir", str(tmp_path / "plans")]
+    assert main(argv) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert first[0] == "Fake Orin (compute capability 8.7), TensorRT 10.0.0-fake"
+    assert [line.split(":")[0] for line in first[1:]] == [
+        "built encoder (fp16)",
+        "built unet (fp16)",
+        "built decoder (fp16)",
+    ]
+    assert main(argv) == 0
+    assert [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["loaded"] * 3
+
+
+def test_the_runtime_runs_each_component_through_device_buffers(
+    fake_tensorrt: object, tiny_engine_dir: Path, tmp_path: Path
+) -> None:
+    manifest = load_manifest(tiny_engine_dir)
+    runtime = load_runtime("tensorrt", manifest, tiny_engine_dir, precision="fp16")
+    assert runtime.backend == "tensorrt"
+    lr = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    expected = SRPipeline(manifest, OnnxRuntime(manifest, tiny_engine_dir, threads=1)).upscale(lr, steps=4, seed=2)
+    actual = SRPipeline(manifest, runtime).upscale(lr, steps=4, seed=2)
+    np.testing.assert_array_equal(actual.image, expected.image)
+    assert runtime.last_gpu_seconds == {"encoder": 1.5e-3, "unet": 1.5e-3, "decoder": 1.5e-3}  # type: ignore[attr-defined]
+    plans = sorted(path.name.split("-")[:2] for path in (tmp_path / "cache").glob("*.plan"))
+    assert plans == [["decoder", "fp16"], ["encoder", "fp16"], ["unet", "fp16"]]
+    runtime.close()  # type: ignore[attr-defined]
+
+
+def test_the_denoising_loop_stays_on_the_device(fake_tensorrt: object, tiny_step_engine_dir: Path) -> None:
+    manifest = load_manifest(tiny_step_engine_dir)
+    runtime = load_runtime("tensorrt", manifest, tiny_step_engine_dir)
+    assert isinstance(runtime, DeviceLoop)
+    lr = np.add.outer(np.arange(64), np.arange(64)[::-1]).astype(np.uint8)
+    for steps in (4, 5):  # an even and an odd count: the sample ends in either ping-pong buffer
+        actual = SRPipeline(manifest, runtime).upscale(lr, steps=steps, seed=3)
+        reference = SRPipeline(manifest, OnnxRuntime(manifest, tiny_step_engine_dir, threads=1))
+        expected = reference.upscale(lr, steps=steps, seed=3)
+        assert np.abs(actual.image.astype(int) - expected.image.astype(int)).max() <= 1
+    step_engine = runtime._engines["unet_step"]  # type: ignore[attr-defined]
+    assert step_engine.context.runs == 9 and runtime._engines["unet"].context.runs == 0  # type: ignore[attr-defined]
+    assert "denoise" in runtime.last_gpu_seconds  # type: ignore[attr-defined]
+
+
+# --- on a GPU -------------------------------------------------------------------------------------------------
+
+
+@needs_tensorrt
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-3), ("fp16", 5e-2)])
+def test_tensorrt_engines_match_onnxruntime(tiny_engine_dir: Path, tmp_path: Path, precision, tolerance) -> None:  # type: ignore[no-untyped-def]
+    from service.runtimes.onnxruntime import OnnxRuntime
+    from service.runtimes.tensorrt import TensorRTRuntime
+
+    manifest = load_manifest(tiny_engine_dir)
+    runtime = TensorRTRuntime(manifest, tiny_engine_dir, precision, cache_dir=tmp_path)
+    reference = OnnxRuntime(manifest, tiny_engine_dir, threads=1)
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((1, manifest.latent.channels, manifest.latent.size, manifest.latent.size))
+    lr = rng.uniform(-1, 1, (1, 1, manifest.image.lr_size, manifest.image.lr_size))
+    feeds = {
+        "encoder": {"lr_image": lr.astype(np.float32)},
+        "unet": {
+            "noisy_latent": latent.astype(np.float32),
+            "timestep": np.full((1,), 500.0, np.float32),
+            "lr_latent": latent[:, ::-1].astype(np.float32),
+        },
+        "decoder": {"hr_latent": latent.astype(np.float32)},
+    }
+    try:
+        for component, inputs in feeds.items():
+            expected = reference.run(component, inputs)
+            actual = runtime.run(component, inputs)
+            assert actual.shape == expected.shape
+            assert np.abs(actual - expected).max() <= tolerance * max(1.0, np.abs(expected).max()), component
+            assert runtime.last_gpu_seconds[component] > 0
+    finally:
+        runtime.close()
+    # A second runtime finds every plan in the cache.
+    assert sorted(path.suffix for path in tmp_path.glob("*-*.*")) == [".json"] * 3 + [".plan"] * 3
+
+
+@needs_tensorrt
+def test_the_tensorrt_device_loop_matches_the_host_loop(tiny_step_engine_dir: Path, tmp_path: Path) -> None:
+    from service.runtimes.tensorrt import TensorRTRuntime
+
+    manifest = load_manifest(tiny_step_engine_dir)
+    runtime = TensorRTRuntime(manifest, tiny_step_engine_dir, "fp32", cache_dir=tmp_path)
+    lr = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    try:
+        for steps in (4, 5):
+            actual = SRPipeline(manifest, runtime).upscale(lr, steps=steps, seed=1)
+            reference = SRPipeline(manifest, OnnxRuntime(manifest, tiny_step_engine_dir, threads=1))
+            expected = reference.upscale(lr, steps=steps, seed=1)
+            assert np.abs(actual.image.astype(int) - expected.image.astype(int)).max() <= 2
+        assert runtime.last_gpu_seconds["denoise"] > 0
+    finally:
+        runtime.close()

@@ -1,0 +1,110 @@
+"""training/quantize.py: symmetric INT8 QDQ files, manifest.int8.json the service loads, float exclusions, report."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from service.engine import load_pipeline
+from service.manifest import load_manifest, sha256_of
+from service.settings import Settings
+from training.quantize import quantize_component, quantize_engines, unet_float_nodes
+
+
+@pytest.fixture(scope="module")
+def quantized(
+    tiny_engine_dir: Path, tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict]:
+    """A copy of the tiny engine (never the shared fixture) quantized on its 4 train images."""
+    engines = tmp_path_factory.mktemp("quantized") / "tiny"
+    shutil.copytree(tiny_engine_dir, engines)
+    report = quantize_engines(engines, tiny_cxr_root, engines.parent / "report", calib_images=4)
+    return engines, report
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+
+
+def test_the_unet_is_symmetric_int8_qdq(quantized: tuple[Path, dict]) -> None:
+    engines, report = quantized
+    assert report["precision"]["unet"] == "int8"
+    for name, kind in report["precision"].items():
+        path = engines / (f"{name}.int8.onnx" if kind == "int8" else f"{name}.onnx")
+        assert path.is_file()
+        if kind == "fp32":
+            continue
+        model = onnx.load(str(path))
+        ops = {node.op_type for node in model.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        initializers = _initializers(model)
+        zero_points = [
+            initializers[node.input[2]]
+            for node in model.graph.node
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2
+        ]
+        assert zero_points, "every Q/DQ carries a zero point"
+        assert all(point.dtype == np.int8 and not point.any() for point in zero_points)
+
+
+def test_the_int8_manifest_verifies_and_the_service_serves_it(quantized: tuple[Path, dict]) -> None:
+    engines, report = quantized
+    manifest = load_manifest(engines, "int8")  # every sha256 checked
+    assert manifest.precision == "int8"
+    assert load_manifest(engines).precision == "fp32"  # manifest.json is untouched
+    for name, component in manifest.components.items():
+        expected = f"{name}.int8.onnx" if report["precision"][name] == "int8" else f"{name}.onnx"
+        assert component.path == expected
+        assert component.sha256 == sha256_of(engines / expected)
+    assert manifest.provenance["int8_components"].split(",")[0] in ("encoder", "unet")
+
+    settings = Settings(engines_dir=engines.parent, model=engines.name, precision="int8")
+    pipeline = load_pipeline(settings, warm_up=False)
+    assert pipeline.manifest.precision == "int8"
+    result = pipeline.upscale(np.full((64, 64), 128, np.uint8), steps=manifest.sampler.min_steps, seed=0)
+    assert result.image.shape == (256, 256) and result.image.dtype == np.uint8
+
+
+def test_the_report_has_components_sensitivity_and_test_scores(quantized: tuple[Path, dict]) -> None:
+    engines, report = quantized
+    assert set(report) == {"precision", "unet_variant", "components", "sensitivity", "test", "files", "settings"}
+    variants = {"encoder", "decoder", "unet", "unet_float_stem_head_time_mlp"}
+    assert set(report["components"]) == variants
+    assert set(report["sensitivity"]) == variants | {"fp32"}
+    for difference in report["components"].values():
+        assert set(difference) == {"max_abs", "mean_abs", "psnr_db"}
+    assert set(report["test"]) == {"split", "images", "fp32", "int8", "bicubic", "fp32_vs_int8_psnr_db"}
+    assert (report["test"]["split"], report["test"]["images"]) == ("test", 2)
+    assert set(report["test"]["int8"]) == {"psnr", "ssim"}
+    assert report["settings"]["calib_images"] == 4
+    assert (engines.parent / "report" / "quantize_report.json").is_file()
+    assert (engines.parent / "report" / "quantize_report.md").read_text().startswith("## INT8 quantization")
+
+
+def test_excluded_unet_nodes_stay_float(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    unet = tiny_engine_dir / "unet.onnx"
+    float_parts = unet_float_nodes(unet)
+    assert len(float_parts["stem"]) == len(float_parts["head"]) == 1 and float_parts["time_mlp"]
+    excluded = [node for nodes in float_parts.values() for node in nodes]
+    rng = np.random.default_rng(0)
+    feeds = [
+        {
+            "noisy_latent": rng.standard_normal((1, 16, 64, 64), np.float32),
+            "timestep": np.full((1,), timestep, np.float32),
+            "lr_latent": rng.standard_normal((1, 16, 64, 64), np.float32),
+        }
+        for timestep in (999.0, 500.0)
+    ]
+    quantize_component(unet, tmp_path / "unet.int8.onnx", feeds, excluded)
+    nodes = onnx.load(str(tmp_path / "unet.int8.onnx")).graph.node
+    dequantized = {output for node in nodes if node.op_type == "DequantizeLinear" for output in node.output}
+    by_name = {node.name: node for node in nodes}
+    for name in excluded:
+        assert not set(by_name[name].input) & dequantized, f"{name} should read float tensors"
+    convs = [node for node in nodes if node.op_type == "Conv" and node.name not in excluded]
+    assert convs and all(set(node.input[:2]) <= dequantized for node in convs)
