@@ -50,6 +50,7 @@ class SRPipeline:
         (encoder_input,) = self._names["encoder"]
         lr_latent = self.runtime.run("encoder", {encoder_input: to_model_range(lr_image)[None, None]})
         result.stage_seconds["encode"] = time.perf_counter() - started
+        self._device_time(result, "encode_gpu", "encoder")
 
         # 2. denoise: x_T ~ N(0, I) for the seed, then the DDIM loop on the scaled residual
         started = time.perf_counter()
@@ -58,8 +59,9 @@ class SRPipeline:
             # The same update inside the graph (training/export.py's unet_step): the loop stays on the GPU.
             alphas = np.array([sampler.alphas(int(timestep)) for timestep in timesteps], dtype=np.float32)
             sample = self.runtime.denoise(sample, lr_latent, timesteps, alphas)
+            self._device_time(result, "denoise_gpu", "denoise")
         else:
-            sample = self._denoise_on_host(sampler, sample, lr_latent, timesteps)
+            sample = self._denoise_on_host(sampler, sample, lr_latent, timesteps, result)
         hr_latent = sample / np.float32(latent.target_scale)
         if latent.target == "residual":
             hr_latent = hr_latent + lr_latent
@@ -71,10 +73,22 @@ class SRPipeline:
         hr_image = self.runtime.run("decoder", {decoder_input: hr_latent.astype(np.float32)})
         result.image = to_pixels(hr_image[0, 0])
         result.stage_seconds["vae_decode"] = time.perf_counter() - started
+        self._device_time(result, "vae_decode_gpu", "decoder")
         return result
 
+    def _device_time(self, result: UpscaleResult, stage: str, component: str) -> None:
+        """A GPU runtime times each run with CUDA events (``last_gpu_seconds``); add that beside host time."""
+        device_seconds = getattr(self.runtime, "last_gpu_seconds", {})
+        if component in device_seconds:
+            result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + device_seconds[component]
+
     def _denoise_on_host(
-        self, sampler: DDIMSampler, sample: np.ndarray, lr_latent: np.ndarray, timesteps: np.ndarray
+        self,
+        sampler: DDIMSampler,
+        sample: np.ndarray,
+        lr_latent: np.ndarray,
+        timesteps: np.ndarray,
+        result: UpscaleResult,
     ) -> np.ndarray:
         """The UNet on the runtime, the DDIM update in numpy, once per timestep."""
         noisy_name, timestep_name, condition_name = self._names["unet"]
@@ -87,5 +101,6 @@ class SRPipeline:
                     condition_name: lr_latent,
                 },
             )
+            self._device_time(result, "denoise_gpu", "unet")
             sample = sampler.step(prediction, int(timestep), sample)
         return sample

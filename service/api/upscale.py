@@ -44,8 +44,11 @@ _REQUEST_BODY = {
         "image/png": {"schema": {"type": "string", "format": "binary"}},
         "application/dicom": {"schema": {"type": "string", "format": "binary"}},
         "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
-                       "required": ["file"]}
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
         },
     },
 }
@@ -68,7 +71,8 @@ def check_steps(steps: int | None, manifest: Manifest) -> int:
         return sampler.default_steps
     if not sampler.min_steps <= steps <= sampler.max_steps:
         raise HTTPException(
-            422, f"steps must be between {sampler.min_steps} and {sampler.max_steps} for model {manifest.model} "
+            422,
+            f"steps must be between {sampler.min_steps} and {sampler.max_steps} for model {manifest.model} "
             f"{manifest.version}, got {steps}",
         )
     return steps
@@ -107,7 +111,7 @@ async def image_from_request(request: Request, body: bytes) -> tuple[bytes, str 
 
 
 def server_timing(stage_ms: dict[str, float]) -> str:
-    return ", ".join(f"{stage};dur={stage_ms[stage]:.3f}" for stage in STAGES)
+    return ", ".join(f"{stage};dur={milliseconds:.3f}" for stage, milliseconds in stage_ms.items())
 
 
 def wants_json(request: Request) -> bool:
@@ -153,15 +157,21 @@ async def upscale(
     except Exception:
         # Input problems were all answered above: what reaches here is a bug in the pipeline or the runtime.
         logger.exception(
-            "upscale failed: steps=%d seed=%d content-type=%s body=%s bytes", steps, seed,
-            request.headers.get("content-type"), request.headers.get("content-length", "?"),
+            "upscale failed: steps=%d seed=%d content-type=%s body=%s bytes",
+            steps,
+            seed,
+            request.headers.get("content-type"),
+            request.headers.get("content-length", "?"),
         )
         return JSONResponse({"detail": "internal error while upscaling; the server log has the details"}, 500)
 
     stage_seconds = {"decode": decode_seconds, **result.stage_seconds, "png": png_seconds}
     stage_seconds["total"] = time.perf_counter() - started
     metrics.observe_stages(stage_seconds)
-    stage_ms = {stage: 1000 * stage_seconds[stage] for stage in STAGES}
+    # The six host stages always, in order; a GPU runtime adds its CUDA-event times ("denoise_gpu", …) after.
+    stage_ms = {
+        stage: 1000 * stage_seconds[stage] for stage in (*STAGES, *(s for s in stage_seconds if s not in STAGES))
+    }
     manifest = pipeline.manifest
     headers = {
         "Server-Timing": server_timing(stage_ms),
