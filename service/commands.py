@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
             "max_concurrent_requests",
             "max_queued_requests",
             "max_body_bytes",
+            "trt_cache_dir",
             "log_level",
         ),
     )
@@ -126,6 +127,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-concurrent-requests", type=int, help="upscales running at once (default 1)")
     serve.add_argument("--max-queued-requests", type=int, help="upscales waiting; beyond, 503 (default 8)")
     serve.add_argument("--max-body-bytes", type=int, help="larger bodies get 413 (default 1048576)")
+    serve.add_argument("--trt-cache-dir", type=Path, help="TensorRT engine cache (default engines_dir/model/tensorrt)")
     serve.set_defaults(handler=_serve)
 
     upscale = commands.add_parser("upscale", help="upscale a PNG/DICOM file, or every *.png/*.dcm of a folder")

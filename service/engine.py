@@ -35,7 +35,9 @@ def check_manifest(settings: Settings) -> Manifest:
 def load_pipeline(settings: Settings, warm_up: bool = True) -> SRPipeline:
     """Loads the model once; the warm-up pays ONNX Runtime's first-run allocations before any request does."""
     manifest = check_manifest(settings)
-    runtime = load_runtime(settings.backend, manifest, settings.model_dir, settings.threads, settings.precision)
+    runtime = load_runtime(
+        settings.backend, manifest, settings.model_dir, settings.threads, settings.precision, settings.trt_cache_dir
+    )
     pipeline = SRPipeline(manifest, runtime)
     if warm_up:
         started = time.perf_counter()
@@ -43,7 +45,11 @@ def load_pipeline(settings: Settings, warm_up: bool = True) -> SRPipeline:
         pipeline.upscale(np.zeros((size, size), np.uint8), steps=manifest.sampler.min_steps, seed=0)
         logger.info("warm-up upscale took %.0f ms", 1000 * (time.perf_counter() - started))
     logger.info(
-        "loaded %s %s (%s, %s) from %s", manifest.model, manifest.version, runtime.backend, manifest.precision,
+        "loaded %s %s (%s, %s) from %s",
+        manifest.model,
+        manifest.version,
+        runtime.backend,
+        manifest.precision,
         settings.model_dir,
     )
     return pipeline

@@ -16,23 +16,32 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests_total = Counter(
-            "xraysr_requests", "HTTP requests answered, by route and status code.", ["endpoint", "status"],
+            "xraysr_requests",
+            "HTTP requests answered, by route and status code.",
+            ["endpoint", "status"],
             registry=self.registry,
         )
         self.request_duration = Histogram(
-            "xraysr_request_duration_seconds", "Time from request to response, by route.", ["endpoint"],
-            buckets=DURATION_BUCKETS, registry=self.registry,
+            "xraysr_request_duration_seconds",
+            "Time from request to response, by route.",
+            ["endpoint"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
         )
         self.stage_duration = Histogram(
             "xraysr_stage_duration_seconds",
             "Time per stage of a successful upscale: decode (input), encode, denoise, vae_decode, png (output), total.",
-            ["stage"], buckets=DURATION_BUCKETS, registry=self.registry,
+            ["stage"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
         )
         self.inflight = Gauge(
             "xraysr_inflight_requests", "Upscale requests being handled, queued ones included.", registry=self.registry
         )
         self.model_info = Gauge(
-            "xraysr_model_info", "The model being served (always 1).", ["model", "version", "backend", "precision"],
+            "xraysr_model_info",
+            "The model being served (always 1).",
+            ["model", "version", "backend", "precision"],
             registry=self.registry,
         )
 

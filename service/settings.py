@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(1, ge=1, description="Upscales running at once.")
     max_queued_requests: int = Field(8, ge=0, description="Upscales waiting for a slot; more are refused with 503.")
     max_body_bytes: int = Field(1 << 20, ge=1 << 10, description="Larger request bodies are refused with 413.")
+    trt_cache_dir: Path | None = Field(
+        None, description="TensorRT engines built on this device (default engines_dir/model/tensorrt)."
+    )
     log_level: LogLevel = "INFO"
 
     @field_validator("log_level", mode="before")

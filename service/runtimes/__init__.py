@@ -38,8 +38,10 @@ def load_runtime(
     model_dir: Path,
     threads: int | None = None,
     precision: Precision | None = None,
+    trt_cache_dir: Path | None = None,
 ) -> Runtime:
-    """``precision`` (default: the manifest's) matters to TensorRT only, which builds fp16 from fp32 files."""
+    """``precision`` (default: the manifest's) and ``trt_cache_dir`` matter to TensorRT only: it builds fp16
+    engines from fp32 files, and caches the engines it builds."""
     match backend:
         case "onnxruntime":
             from service.runtimes.onnxruntime import OnnxRuntime
@@ -53,4 +55,4 @@ def load_runtime(
                     "the tensorrt backend needs TensorRT and pycuda (JetPack ships TensorRT; build pycuda in the "
                     f"image): {error}; or use --backend onnxruntime"
                 ) from error
-            return TensorRTRuntime(manifest, model_dir, precision)
+            return TensorRTRuntime(manifest, model_dir, precision, trt_cache_dir)

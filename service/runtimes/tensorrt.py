@@ -13,7 +13,6 @@ tensorrt and pycuda come from JetPack, never from pip; importing this module imp
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,7 +120,7 @@ class TensorRTRuntime:
         # A context of our own, pushed for this object's life: the server runs inferences on worker threads.
         self._context = cuda_call("creating a CUDA context", cuda.Device(0).make_context)
         try:
-            cache_dir = Path(cache_dir or os.environ.get("XRAYSR_TRT_CACHE_DIR") or Path(model_dir) / "tensorrt")
+            cache_dir = Path(cache_dir or Path(model_dir) / "tensorrt")
             # fp16 is served from the fp32 manifest, so the manifest alone cannot say what was asked for.
             requested = precision or manifest.precision
             serialized, reports = build_all(model_dir, cache_dir, requested, current_device(), workspace_mib, max_batch)

@@ -282,7 +282,6 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[o
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
     monkeypatch.setitem(sys.modules, "tensorrt", fakes.make_tensorrt())
     monkeypatch.setattr("service.runtimes.trt_build.build_engine", lambda onnx_path, *_: Path(onnx_path).read_bytes())
-    monkeypatch.setenv("XRAYSR_TRT_CACHE_DIR", str(tmp_path / "cache"))
     sys.modules.pop("service.runtimes.tensorrt", None)
     yield importlib.import_module("service.runtimes.tensorrt")
     sys.modules.pop("service.runtimes.tensorrt", None)  # later tests must not see the stand-ins
@@ -309,7 +308,7 @@ def test_the_runtime_runs_each_component_through_device_buffers(
     fake_tensorrt: object, tiny_engine_dir: Path, tmp_path: Path
 ) -> None:
     manifest = load_manifest(tiny_engine_dir)
-    runtime = load_runtime("tensorrt", manifest, tiny_engine_dir, precision="fp16")
+    runtime = load_runtime("tensorrt", manifest, tiny_engine_dir, precision="fp16", trt_cache_dir=tmp_path / "cache")
     assert runtime.backend == "tensorrt"
     lr = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
     expected = SRPipeline(manifest, OnnxRuntime(manifest, tiny_engine_dir, threads=1)).upscale(lr, steps=4, seed=2)
@@ -321,9 +320,11 @@ def test_the_runtime_runs_each_component_through_device_buffers(
     runtime.close()  # type: ignore[attr-defined]
 
 
-def test_the_denoising_loop_stays_on_the_device(fake_tensorrt: object, tiny_step_engine_dir: Path) -> None:
+def test_the_denoising_loop_stays_on_the_device(
+    fake_tensorrt: object, tiny_step_engine_dir: Path, tmp_path: Path
+) -> None:
     manifest = load_manifest(tiny_step_engine_dir)
-    runtime = load_runtime("tensorrt", manifest, tiny_step_engine_dir)
+    runtime = load_runtime("tensorrt", manifest, tiny_step_engine_dir, trt_cache_dir=tmp_path / "cache")
     assert isinstance(runtime, DeviceLoop)
     lr = np.add.outer(np.arange(64), np.arange(64)[::-1]).astype(np.uint8)
     for steps in (4, 5):  # an even and an odd count: the sample ends in either ping-pong buffer
