@@ -1,12 +1,15 @@
-"""`xraysr serve` in a subprocess on a free loopback port, for the bench and for evaluation through HTTP."""
+"""`xraysr serve` in a subprocess on a free loopback port: for the bench, evaluation through HTTP and the
+end-to-end tests."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,8 +27,14 @@ def local_server(
     threads: int | None = None,
     ready_timeout: float = 120.0,
     precision: str | None = None,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
 ) -> Iterator[str]:
-    """Yields the base URL once /readyz answers 200; stops the server on exit."""
+    """Yields the base URL once /readyz answers 200; stops the server on exit.
+
+    ``env`` adds ``XRAYSR_*`` settings; the server's output goes to ``log`` (a temporary file by default).
+    It must go to a file: uvicorn logs a line per request, and an unread pipe fills up and stalls the server.
+    """
     import httpx
 
     port = free_port()
@@ -47,28 +56,33 @@ def local_server(
         command += ["--threads", str(threads)]
     if precision:
         command += ["--precision", precision]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout
-        with httpx.Client(base_url=base_url, timeout=5) as client:
-            while True:
-                if server.poll() is not None:
-                    error_output = server.stderr.read().decode() if server.stderr else ""
-                    raise RuntimeError(f"xraysr serve exited with {server.returncode}: {error_output[-2000:]}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"xraysr serve did not become ready within {ready_timeout:.0f} s")
-                time.sleep(0.2)
-        yield base_url
-    finally:
-        server.terminate()
+    with tempfile.TemporaryDirectory() as scratch:
+        log_path = log or Path(scratch) / "server.log"
+        with log_path.open("wb") as log_file:
+            server = subprocess.Popen(
+                command, env={**os.environ, **(env or {})}, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        base_url = f"http://127.0.0.1:{port}"
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            deadline = time.monotonic() + ready_timeout
+            with httpx.Client(base_url=base_url, timeout=5) as client:
+                while True:
+                    if server.poll() is not None:
+                        output = log_path.read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"xraysr serve exited with {server.returncode}: {output}")
+                    try:
+                        if client.get("/readyz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass  # not listening yet: the lifespan is still loading the model
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"xraysr serve did not become ready within {ready_timeout:.0f} s")
+                    time.sleep(0.1)
+            yield base_url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from service.validation import describe_validation_error
 
+# The three parts of a patient-disjoint split, written by `xraysr prepare` and read by training/data.py.
+Split = Literal["train", "val", "test"]
+
 
 class _Strict(BaseModel):
     # A misspelt key in a YAML file is an error, not a silently ignored default.

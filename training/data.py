@@ -15,18 +15,17 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast, get_args
+from typing import cast, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.config import AugmentConfig, DataConfig
+from training.config import AugmentConfig, DataConfig, Split
 
 logger = logging.getLogger(__name__)
 
-Split = Literal["train", "val", "test"]
 SPLITS_COLUMNS = ("filename", "patient_id", "view", "split")
 
 

@@ -36,10 +36,11 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from training.config import Split
+
 logger = logging.getLogger(__name__)
 
 Interpolation = Literal["area", "cubic", "lanczos"]
-Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 DROP_REASONS = ("no_metadata", "unreadable", "colour", "blank", "too_small", "not_squareable")
 CONVERSIONS = ("16bit", "rgb")

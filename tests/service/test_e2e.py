@@ -9,12 +9,7 @@ from __future__ import annotations
 import base64
 import collections
 import io
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,15 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.local_server import local_server
+
 MAX_BODY_BYTES = 16 * 1024
 STAGES = ["decode", "encode", "denoise", "vae_decode", "png", "total"]
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Server:
@@ -52,42 +42,14 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tiny_engine_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port, log = free_port(), tmp_path_factory.mktemp("e2e") / "server.log"
-    env = {
-        **os.environ,
-        "XRAYSR_ENGINES_DIR": str(tiny_engine_dir.parent),
-        "XRAYSR_MODEL": tiny_engine_dir.name,
-        "XRAYSR_PORT": str(port),
-        "XRAYSR_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-        "XRAYSR_THREADS": "1",
-    }
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"], cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    server = Server(f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if server.http.get("/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet: the lifespan is still loading the model
-            if time.monotonic() > deadline:
-                pytest.fail(f"/readyz not 200 within 60 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        server.http.close()
-        process.terminate()
+    log = tmp_path_factory.mktemp("e2e") / "server.log"
+    settings = {"XRAYSR_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "XRAYSR_THREADS": "1"}
+    with local_server(tiny_engine_dir.parent, tiny_engine_dir.name, ready_timeout=60, env=settings, log=log) as url:
+        server = Server(url, log)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            yield server
+        finally:
+            server.http.close()
 
 
 def _png_image(response: httpx.Response) -> Image.Image:
@@ -98,8 +60,13 @@ def _png_image(response: httpx.Response) -> Image.Image:
 
 def test_readyz_names_the_model(server: Server) -> None:
     ready = server.http.get("/readyz").json()
-    assert ready == {"status": "ready", "model": "tiny", "version": "tiny-test", "backend": "onnxruntime",
-                     "precision": "fp32"}
+    assert ready == {
+        "status": "ready",
+        "model": "tiny",
+        "version": "tiny-test",
+        "backend": "onnxruntime",
+        "precision": "fp32",
+    }
 
 
 def test_a_real_x_ray_comes_back_256_grayscale_with_its_headers(server: Server, lr_png: bytes) -> None:
@@ -180,8 +147,9 @@ def test_metrics_count_exactly_the_requests_made(server: Server) -> None:
     text = response.text
     counted = {
         int(status): float(value)
-        for status, value in re.findall(r'^xraysr_requests_total\{endpoint="/upscale",status="(\d+)"\} (\S+)$',
-                                        text, re.MULTILINE)
+        for status, value in re.findall(
+            r'^xraysr_requests_total\{endpoint="/upscale",status="(\d+)"\} (\S+)$', text, re.MULTILINE
+        )
     }
     assert counted == {status: float(count) for status, count in server.upscale_statuses.items()}
     assert counted[200] >= 5 and counted[422] >= 8
@@ -189,3 +157,11 @@ def test_metrics_count_exactly_the_requests_made(server: Server) -> None:
     assert "xraysr_inflight_requests 0.0" in text
     assert 'xraysr_model_info{backend="onnxruntime",model="tiny",precision="fp32",version="tiny-test"} 1.0' in text
     assert 500 not in counted and "Traceback" not in server.log.read_text()
+
+
+def test_a_server_that_cannot_start_is_reported_with_its_own_words(tiny_engine_dir: Path) -> None:
+    with (
+        pytest.raises(RuntimeError, match=r"xraysr serve exited with 2: .*no-such-model"),
+        local_server(tiny_engine_dir.parent, "no-such-model", ready_timeout=30),
+    ):
+        pass
