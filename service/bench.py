@@ -66,9 +66,14 @@ def _time(series: Series, runs: int, call: Callable[[], dict[str, float]]) -> Se
     return series
 
 
-def bench_in_process(pipeline: SRPipeline, image: np.ndarray, steps: int, runs: int) -> Series:
-    pipeline.upscale(image, steps, seed=0)  # warm-up: first-run allocations are not what a user waits for
-    return _time(Series("ONNX Runtime, in-process"), runs, lambda: pipeline.upscale(image, steps, seed=1).stage_seconds)
+def bench_in_process(pipeline: SRPipeline, image: np.ndarray, steps: int, runs: int, samples: int = 1) -> Series:
+    # Warm-up at the measured batch: first-run allocations are not what a user waits for.
+    pipeline.upscale(image, steps, seed=0, samples=samples)
+    return _time(
+        Series("ONNX Runtime, in-process"),
+        runs,
+        lambda: pipeline.upscale(image, steps, seed=1, samples=samples).stage_seconds,
+    )
 
 
 def bench_torch_reference(checkpoint: Path, image: np.ndarray, steps: int, runs: int) -> Series:
@@ -88,7 +93,14 @@ def bench_torch_reference(checkpoint: Path, image: np.ndarray, steps: int, runs:
 
 
 def bench_http(
-    engines_dir: Path, model: str, image: np.ndarray, steps: int, runs: int, threads: int | None, precision: str
+    engines_dir: Path,
+    model: str,
+    image: np.ndarray,
+    steps: int,
+    runs: int,
+    threads: int | None,
+    precision: str,
+    samples: int = 1,
 ) -> Series:
     """Starts `xraysr serve` on a free loopback port and times requests end to end."""
     import httpx
@@ -101,7 +113,10 @@ def bench_http(
 
         def run() -> dict[str, float]:
             response = client.post(
-                "/upscale", params={"steps": steps, "seed": 1}, content=body, headers={"Content-Type": "image/png"}
+                "/upscale",
+                params={"steps": steps, "seed": 1, "samples": samples},
+                content=body,
+                headers={"Content-Type": "image/png"},
             )
             response.raise_for_status()
             return {
@@ -113,9 +128,11 @@ def bench_http(
         return _time(Series(f"over HTTP (uvicorn, loopback), {precision}"), runs, run)
 
 
-def markdown(series: list[Series], command: str, steps: int, runs: int) -> str:
+def markdown(series: list[Series], command: str, steps: int, runs: int, samples: int = 1) -> str:
+    # A request of K samples is one image made of K: its latency, not per sample.
+    averaged = f", {samples} samples averaged per request" if samples > 1 else ""
     lines = [
-        f"### {datetime.date.today():%Y-%m-%d} — {steps} steps, {runs} runs each",
+        f"### {datetime.date.today():%Y-%m-%d} — {steps} steps{averaged}, {runs} runs each",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine_description()}",
@@ -147,9 +164,11 @@ def run_bench(
     http: bool = True,
     checkpoint: Path | None = None,
     precision: Precision = "fp32",
+    samples: int = 1,
 ) -> list[Series]:
     """In-process for ``precision`` (and for INT8 too when the model folder has it, so the two compare as a
-    ratio), then over HTTP and the PyTorch reference."""
+    ratio), then over HTTP and the PyTorch reference; each request averages ``samples`` samples, except the
+    PyTorch reference's, which is always one."""
     model_dir = engines_dir / model
     int8: list[Precision] = ["int8"] if precision != "int8" and (model_dir / manifest_name("int8")).is_file() else []
     precisions = [precision, *int8]
@@ -157,11 +176,13 @@ def run_bench(
     for each in precisions:
         manifest = load_manifest(model_dir, each)
         pipeline = SRPipeline(manifest, load_runtime(backend, manifest, model_dir, threads))
-        entry = bench_in_process(pipeline, image, steps, runs)
+        entry = bench_in_process(pipeline, image, steps, runs, samples)
         entry.name = f"{entry.name}, {each}"
         series.append(entry)
     if http:
-        series.append(bench_http(engines_dir, model, image, steps, runs, threads, precision))
+        series.append(bench_http(engines_dir, model, image, steps, runs, threads, precision, samples))
     if checkpoint is not None:
-        series.append(bench_torch_reference(checkpoint, image, steps, runs))
+        reference = bench_torch_reference(checkpoint, image, steps, runs)
+        reference.name += ", one sample" if samples > 1 else ""
+        series.append(reference)
     return series

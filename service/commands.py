@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.manifest import MAX_SAMPLES
 from service.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from service.pipeline import SRPipeline
+    from service.pipeline import SRPipeline, UpscaleResult
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _upscale(args: argparse.Namespace) -> int:
+    from service.pipeline import check_samples
+
     settings = _settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
+    if args.samples is not None:
+        check_samples(args.samples, "--samples")
     source: Path = args.input
+    if args.uncertainty is not None and not source.is_file():
+        raise ValueError("--uncertainty writes one map: give one input file, not a folder")
     if source.is_dir():
         pairs = [
             (path, args.output / f"{path.stem}.png")
@@ -85,23 +92,52 @@ def _upscale(args: argparse.Namespace) -> int:
     steps = sampler.default_steps if args.steps is None else args.steps
     if not sampler.min_steps <= steps <= sampler.max_steps:
         raise ValueError(f"--steps must be between {sampler.min_steps} and {sampler.max_steps}, got {steps}")
+    samples = sampler.default_samples if args.samples is None else args.samples
+    if samples == 1 and args.uncertainty is not None:
+        raise ValueError("--uncertainty needs --samples 2 or more: one sample has no spread")
     failed = 0
     for source_path, output_path in tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1):
         try:
-            milliseconds = _upscale_file(pipeline, source_path, output_path, steps, args.seed)
+            result, milliseconds = _upscale_file(pipeline, source_path, output_path, steps, args.seed, samples)
+            if args.uncertainty is not None:
+                _write_uncertainty(result, args.uncertainty)
         except (ValueError, OSError) as error:
             # One bad file must not cost the rest of a folder: report it, carry on, and fail at the end.
             failed += 1
             tqdm.write(f"xraysr upscale: error: {source_path}: {error}", file=sys.stderr)
             continue
         if len(pairs) == 1:
-            print(f"{output_path} ({steps} steps, seed {args.seed}, {milliseconds:.0f} ms)")
+            print(f"{output_path} ({_describe(result)}, {milliseconds:.0f} ms)")
     if len(pairs) > 1:
         print(f"upscaled {len(pairs) - failed} of {len(pairs)} files into {args.output}")
     return 1 if failed else 0
 
 
-def _upscale_file(pipeline: SRPipeline, source: Path, output: Path, steps: int, seed: int) -> float:
+def _describe(result: UpscaleResult) -> str:
+    """ "25 steps, seed 3" or "25 steps, mean of 4 samples (seeds 3…6), uncertainty 1.80 grey levels"."""
+    from service.sampler import sample_seeds
+
+    if result.uncertainty is None:
+        return f"{result.steps} steps, seed {result.seed}"
+    last = sample_seeds(result.seed, result.samples)[-1]
+    return (
+        f"{result.steps} steps, mean of {result.samples} samples (seeds {result.seed}…{last}), "
+        f"uncertainty {float(result.uncertainty.mean()):.2f} grey levels"
+    )
+
+
+def _write_uncertainty(result: UpscaleResult, path: Path) -> None:
+    from service.uncertainty import uncertainty_png
+
+    if result.uncertainty is None:
+        raise ValueError("one sample has no uncertainty map")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(uncertainty_png(result.uncertainty))
+
+
+def _upscale_file(
+    pipeline: SRPipeline, source: Path, output: Path, steps: int, seed: int, samples: int
+) -> tuple[UpscaleResult, float]:
     from service.imaging import ImageError, decode_image, encode_png
 
     started = time.perf_counter()
@@ -111,10 +147,10 @@ def _upscale_file(pipeline: SRPipeline, source: Path, output: Path, steps: int, 
         )
     except ImageError as error:
         raise ValueError(error.message) from error
-    result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed)
+    result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed, samples=samples)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(encode_png(result.image))
-    return 1000 * (time.perf_counter() - started)
+    return result, 1000 * (time.perf_counter() - started)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -137,6 +173,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     upscale.add_argument("--steps", type=int, help="denoising steps (default: the manifest's)")
     upscale.add_argument("--seed", type=int, default=0, help="noise seed (default 0: reruns give identical files)")
+    upscale.add_argument(
+        "--samples",
+        type=int,
+        help=f"average this many diffusion samples, seeds SEED, SEED+1, … (1-{MAX_SAMPLES}; default: the manifest's)",
+    )
+    upscale.add_argument(
+        "--uncertainty",
+        type=Path,
+        help="also write the samples' per-pixel spread as an 8-bit PNG, on the API's fixed uncertainty_scale "
+        "(one input file, --samples 2 or more)",
+    )
     _add_model_flags(upscale)
     upscale.set_defaults(handler=_upscale)
 
@@ -144,6 +191,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--image", type=Path, help="a 64x64 PNG/DICOM to upscale (default: a synthetic ramp)")
     bench.add_argument("--steps", type=int, default=25)
     bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--samples", type=int, default=1, help=f"samples averaged per request (1-{MAX_SAMPLES})")
     bench.add_argument("--no-http", action="store_true", help="skip the over-HTTP measurement")
     bench.add_argument(
         "--flops", action="store_true", help="add FLOPs/bytes per stage and Jetson estimates (needs onnx)"
@@ -166,7 +214,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--cache-dir", type=Path, required=True, help="where the .plan files and their sidecars live")
     build.add_argument("--workspace-mib", type=int, default=1024, help="TensorRT builder workspace (default 1024)")
-    build.add_argument("--max-batch", type=int, default=1, help="largest batch the engines accept (default 1)")
+    build.add_argument(
+        "--max-batch",
+        type=int,
+        default=MAX_SAMPLES,
+        help=f"largest batch the engines accept (default {MAX_SAMPLES}, what `serve` builds for samples=K)",
+    )
     build.set_defaults(handler=_build_engines)
 
 
@@ -193,7 +246,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     from service.bench import markdown, run_bench
     from service.imaging import decode_image
+    from service.pipeline import check_samples
 
+    check_samples(args.samples, "--samples")
     settings = _settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
     if args.image is not None:
         image = decode_image(args.image.read_bytes(), None).pixels
@@ -206,6 +261,7 @@ def _bench(args: argparse.Namespace) -> int:
         image,
         steps=args.steps,
         runs=args.runs,
+        samples=args.samples,
         backend=settings.backend,
         threads=settings.threads,
         http=not args.no_http,
@@ -213,7 +269,7 @@ def _bench(args: argparse.Namespace) -> int:
         precision=settings.precision,
     )
     command = "xraysr bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "xraysr bench"
-    report = markdown(series, command, args.steps, args.runs)
+    report = markdown(series, command, args.steps, args.runs, args.samples)
     if args.flops:
         from service.flops import estimate_table
         from service.manifest import load_manifest

@@ -42,7 +42,9 @@ def load_pipeline(settings: Settings, warm_up: bool = True) -> SRPipeline:
     if warm_up:
         started = time.perf_counter()
         size = manifest.image.lr_size
-        pipeline.upscale(np.zeros((size, size), np.uint8), steps=manifest.sampler.min_steps, seed=0)
+        # At the default batch: ONNX Runtime allocates per input shape, and that is the shape most requests have.
+        warm_up_samples = manifest.sampler.default_samples
+        pipeline.upscale(np.zeros((size, size), np.uint8), manifest.sampler.min_steps, seed=0, samples=warm_up_samples)
         logger.info("warm-up upscale took %.0f ms", 1000 * (time.perf_counter() - started))
     logger.info(
         "loaded %s %s (%s, %s) from %s",

@@ -22,6 +22,10 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 Precision = Literal["fp32", "fp16", "int8"]
 COMPONENTS = ("encoder", "unet", "decoder")
+# The most diffusion samples one request may average (``samples=K``): the pipeline runs them as one batch,
+# so this is also the largest batch TensorRT engines are built for. Eight keeps the worst request at 8× the
+# compute of one, and the standard error of the mean at a third of one sample's spread.
+MAX_SAMPLES = 8
 
 
 class _Contract(BaseModel):
@@ -68,6 +72,12 @@ class SamplerSpec(_Contract):
     min_steps: int = Field(ge=1)
     max_steps: int = Field(ge=1)
     default_steps: int = Field(ge=1)
+    default_samples: int = Field(
+        1,
+        ge=1,
+        le=MAX_SAMPLES,
+        description="Samples averaged when a request names none; absent in manifests written before it existed.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SamplerSpec:

@@ -1,22 +1,30 @@
-"""encode → denoise loop → decode, backend-agnostic and timed per stage (diffusers' pipeline __call__ shape)."""
+"""encode → denoise loop → decode, backend-agnostic and timed per stage (diffusers' pipeline __call__ shape).
+
+``samples=K`` runs K diffusion samples of one image as one batch of K through the UNet loop and the decoder
+(the encoder once), and answers their posterior mean with the per-pixel spread beside it (service/uncertainty.py).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.manifest import Manifest
+from service.manifest import MAX_SAMPLES, Manifest
 from service.runtimes import DeviceLoop, Runtime
-from service.sampler import DDIMSampler, initial_noise
+from service.sampler import DDIMSampler, initial_noise, sample_seeds
+from service.uncertainty import mean_and_spread
 
 
 @dataclass
 class UpscaleResult:
-    image: np.ndarray  # uint8, hr_size × hr_size
+    image: np.ndarray  # uint8, hr_size × hr_size: the mean of the samples
     steps: int
-    seed: int
+    seed: int  # the first sample's; sample k had seed + k (service.sampler.sample_seeds)
+    samples: int
+    uncertainty: np.ndarray | None  # float32 per-pixel std across the samples in grey levels; None for one
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -28,6 +36,13 @@ def to_pixels(values: np.ndarray) -> np.ndarray:
     return np.round((np.clip(values, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
+def check_samples(samples: int, name: str = "samples") -> int:
+    """``samples`` when it is a count the pipeline runs (1..MAX_SAMPLES); else a ValueError naming the range."""
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise ValueError(f"{name} must be between 1 and {MAX_SAMPLES}, got {samples}")
+    return samples
+
+
 class SRPipeline:
     def __init__(self, manifest: Manifest, runtime: Runtime) -> None:
         self.manifest = manifest
@@ -36,25 +51,37 @@ class SRPipeline:
             name: [spec.name for spec in component.inputs] for name, component in manifest.components.items()
         }
 
-    def upscale(self, lr_image: np.ndarray, steps: int, seed: int) -> UpscaleResult:
-        """An ``lr_size²`` uint8 image → an ``hr_size²`` uint8 image, with seconds per stage."""
+    def upscale(self, lr_image: np.ndarray, steps: int, seed: int, samples: int = 1) -> UpscaleResult:
+        """An ``lr_size²`` uint8 image → the mean of ``samples`` ``hr_size²`` samples, with seconds per stage.
+
+        Sample k draws its noise from seed ``seed + k`` (wrapping past 2³¹ − 1), so it is the image that
+        ``samples=1`` with that seed gives.
+        """
+        return self.upscale_seeds(lr_image, steps, sample_seeds(seed, check_samples(samples)))
+
+    def upscale_seeds(self, lr_image: np.ndarray, steps: int, seeds: Sequence[int]) -> UpscaleResult:
+        """``upscale`` with one explicit seed per sample: the batch is ``len(seeds)`` samples."""
         size = self.manifest.image.lr_size
         if lr_image.dtype != np.uint8 or lr_image.shape != (size, size):
             raise ValueError(f"expected a {size}x{size} uint8 image, got {lr_image.dtype} {lr_image.shape}")
+        samples = check_samples(len(seeds))
         latent, sampler = self.manifest.latent, DDIMSampler(self.manifest.sampler)
         timesteps = sampler.set_timesteps(steps)
-        result = UpscaleResult(image=np.empty(0, np.uint8), steps=steps, seed=seed)
+        result = UpscaleResult(
+            image=np.empty(0, np.uint8), steps=steps, seed=seeds[0], samples=samples, uncertainty=None
+        )
 
-        # 1. encode: bicubic ×4 and the VAE encoder, both inside the encoder graph
+        # 1. encode: bicubic ×4 and the VAE encoder, both inside the encoder graph, once for every sample
         started = time.perf_counter()
         (encoder_input,) = self._names["encoder"]
         lr_latent = self.runtime.run("encoder", {encoder_input: to_model_range(lr_image)[None, None]})
+        lr_latent = np.repeat(lr_latent, samples, axis=0)
         result.stage_seconds["encode"] = time.perf_counter() - started
         self._device_time(result, "encode_gpu", "encoder")
 
-        # 2. denoise: x_T ~ N(0, I) for the seed, then the DDIM loop on the scaled residual
+        # 2. denoise: x_T ~ N(0, I) for each sample's seed, then the DDIM loop on the scaled residual, as one batch
         started = time.perf_counter()
-        sample = initial_noise(lr_latent.shape, seed)
+        sample = np.concatenate([initial_noise(lr_latent[:1].shape, seed) for seed in seeds])
         if "unet_step" in self.manifest.components and isinstance(self.runtime, DeviceLoop):
             # The same update inside the graph (training/export.py's unet_step): the loop stays on the GPU.
             alphas = np.array([sampler.alphas(int(timestep)) for timestep in timesteps], dtype=np.float32)
@@ -67,11 +94,12 @@ class SRPipeline:
             hr_latent = hr_latent + lr_latent
         result.stage_seconds["denoise"] = time.perf_counter() - started
 
-        # 3. vae_decode: latent → image, back to 8-bit
+        # 3. vae_decode: latents → images, their mean (and spread) back to 8-bit
         started = time.perf_counter()
         (decoder_input,) = self._names["decoder"]
-        hr_image = self.runtime.run("decoder", {decoder_input: hr_latent.astype(np.float32)})
-        result.image = to_pixels(hr_image[0, 0])
+        hr_images = self.runtime.run("decoder", {decoder_input: hr_latent.astype(np.float32)})
+        mean, result.uncertainty = mean_and_spread(hr_images[:, 0])
+        result.image = to_pixels(mean)
         result.stage_seconds["vae_decode"] = time.perf_counter() - started
         self._device_time(result, "vae_decode_gpu", "decoder")
         return result
@@ -90,14 +118,14 @@ class SRPipeline:
         timesteps: np.ndarray,
         result: UpscaleResult,
     ) -> np.ndarray:
-        """The UNet on the runtime, the DDIM update in numpy, once per timestep."""
+        """The UNet on the runtime, the DDIM update in numpy, once per timestep for the whole batch."""
         noisy_name, timestep_name, condition_name = self._names["unet"]
         for timestep in timesteps:
             prediction = self.runtime.run(
                 "unet",
                 {
                     noisy_name: sample,
-                    timestep_name: np.full((1,), timestep, dtype=np.float32),
+                    timestep_name: np.full((len(sample),), timestep, dtype=np.float32),
                     condition_name: lr_latent,
                 },
             )

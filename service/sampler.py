@@ -11,6 +11,8 @@ import numpy as np
 
 from service.manifest import SamplerSpec
 
+SEED_MAX = 2**31 - 1
+
 
 class DDIMSampler:
     def __init__(self, spec: SamplerSpec) -> None:
@@ -64,3 +66,11 @@ class DDIMSampler:
 def initial_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
     """x_T for a seed: the same seed gives the same image on every backend."""
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def sample_seeds(seed: int, samples: int) -> list[int]:
+    """The seeds of a ``samples``-sample request: ``seed, seed + 1, …``, wrapping past SEED_MAX to 0.
+
+    Sample k of a request is therefore the image a one-sample request with seed ``seed + k`` gives.
+    """
+    return [(seed + offset) % (SEED_MAX + 1) for offset in range(samples)]

@@ -10,6 +10,13 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import get_args
+
+from training.config import Degradation
+
+# How the LR is made from HR for scoring (training/degradation.py); "cubic" is the stored LR_64.
+DEGRADATION_CHOICES = get_args(Degradation)
+DEGRADATION_HELP = "how the 64x64 input is made from HR: cubic (cv2.INTER_CUBIC, default), area, cubic_aa"
 
 
 def _require_training_extra() -> None:
@@ -20,16 +27,25 @@ def _require_training_extra() -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from training.prepare import prepare
+    from training.prepare import Source, prepare_sources
 
     if args.metadata and args.manifest:
         raise ValueError("give --metadata (NIH layout) or --manifest (folder layout), not both")
-    report = prepare(
-        args.images,
+    if bool(args.images) == bool(args.source):
+        raise ValueError("give --images DIR (one input) or one or more --source NAME=DIR, not both")
+    if args.source and (args.metadata or args.manifest):
+        raise ValueError("--source reads DIR/manifest.csv; --metadata and --manifest go with --images")
+    sources = [Source(args.images.name, args.images, args.metadata, args.manifest)] if args.images else []
+    for text in args.source or []:
+        name, _, folder = text.partition("=")
+        if not name or not folder:
+            raise ValueError(f"--source takes NAME=DIR, got {text!r}")
+        sources.append(Source(name, Path(folder)))
+    views = tuple(view.strip() for view in args.views.split(",") if view.strip())
+    report = prepare_sources(
+        sources,
         args.out,
-        metadata=args.metadata,
-        manifest=args.manifest,
-        views=tuple(view.strip() for view in args.views.split(",") if view.strip()),
+        views=None if views == ("all",) else views,
         seed=args.seed,
         workers=args.workers,
         hr_interpolation=args.hr_interpolation,
@@ -71,13 +87,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         limit=args.limit,
         grid_files=args.grid_files.split(",") if args.grid_files else None,
+        degradation=args.degradation,
     )
     print(json.dumps(report["summary"], indent=2))
     return 0
 
 
 def _evaluate_served(args: argparse.Namespace) -> int:
-    from training.evaluate_served import evaluate_served
+    from training.evaluate_served import evaluate_served, markdown_table
 
     report = evaluate_served(
         args.engines_dir,
@@ -89,8 +106,12 @@ def _evaluate_served(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         precision=args.precision,
+        samples=args.samples,
+        degradation=args.degradation,
+        sources=args.sources.split(",") if args.sources else None,
+        limit=args.limit,
     )
-    print(json.dumps(report["summary"], indent=2))
+    print(markdown_table(report))
     return 0
 
 
@@ -105,6 +126,7 @@ def _export(args: argparse.Namespace) -> int:
         version=args.version,
         steps=(args.min_steps, args.default_steps, args.max_steps),
         step_graph=args.step_graph,
+        default_samples=args.default_samples,
     )
     print(f"exported {manifest.model} {manifest.version} to {args.out}")
     return 0
@@ -134,12 +156,20 @@ def _resume(args: argparse.Namespace) -> str | Path | None:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare = commands.add_parser("prepare", help="raw X-rays → HR_256/, LR_64/, splits.csv (split by patient)")
-    prepare.add_argument("--images", type=Path, required=True, help="folder of X-ray images")
+    prepare.add_argument("--images", type=Path, help="folder of X-ray images (one input)")
+    prepare.add_argument(
+        "--source",
+        action="append",
+        metavar="NAME=DIR",
+        help="an input folder with its manifest.csv, named; repeat to combine sources into one set split by patient",
+    )
     source = prepare.add_mutually_exclusive_group()
     source.add_argument("--metadata", type=Path, help="NIH Data_Entry_2017.csv")
     source.add_argument("--manifest", type=Path, help="manifest.csv with filename, patient_id, view")
     prepare.add_argument("--out", type=Path, required=True)
-    prepare.add_argument("--views", default="PA", help="comma-separated views to keep (default PA)")
+    prepare.add_argument(
+        "--views", default="PA", help="comma-separated views to keep (default PA); 'all' keeps every view"
+    )
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--workers", type=int, default=os.cpu_count())
     prepare.add_argument("--hr-interpolation", default="area", choices=["area", "cubic", "lanczos"])
@@ -165,6 +195,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
     evaluate.add_argument("--grid-files", help="comma-separated filenames for grid.png (default: the first 4)")
+    evaluate.add_argument("--degradation", default="cubic", choices=DEGRADATION_CHOICES, help=DEGRADATION_HELP)
     evaluate.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, grid.png")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -177,7 +208,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     served.add_argument("--seed", type=int, default=0)
     served.add_argument("--threads", type=int)
     served.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="passed to `xraysr serve --precision`")
-    served.add_argument("--out", type=Path, required=True, help="folder for served_report.json")
+    served.add_argument("--samples", type=int, help="diffusion samples averaged per image (default: the model's)")
+    served.add_argument("--degradation", default="cubic", choices=DEGRADATION_CHOICES, help=DEGRADATION_HELP)
+    served.add_argument("--sources", help="comma-separated sources to score (default: every source of the split)")
+    served.add_argument("--limit", type=int, help="score only the first N images")
+    served.add_argument("--out", type=Path, required=True, help="folder for served_report.json and .md")
     served.set_defaults(handler=_evaluate_served)
 
     export = commands.add_parser("export", help="SR checkpoint → engines/<model>/ (ONNX files + manifest.json)")
@@ -188,6 +223,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--min-steps", type=int, default=10)
     export.add_argument("--default-steps", type=int, default=25)
     export.add_argument("--max-steps", type=int, default=50)
+    export.add_argument(
+        "--default-samples", type=int, default=1, help="samples a request averages when it names none (1-8)"
+    )
     export.add_argument(
         "--step-graph", action="store_true", help="also export unet_step.onnx (UNet + DDIM update, for TensorRT)"
     )

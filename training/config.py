@@ -16,6 +16,8 @@ from service.validation import describe_validation_error
 
 # The three parts of a patient-disjoint split, written by `xraysr prepare` and read by training/data.py.
 Split = Literal["train", "val", "test"]
+# How an LR image is made from its HR image; training/degradation.py implements each.
+Degradation = Literal["cubic", "area", "cubic_aa"]
 
 
 class _Strict(BaseModel):
@@ -41,9 +43,22 @@ class AugmentConfig(_Strict):
     hflip_probability: float = Field(0.5, ge=0, le=1)
     max_rotation_degrees: float = Field(15.0, ge=0, le=45)
     brightness_jitter: float = Field(0.05, ge=0, le=0.5, description="Max additive shift on the [-1, 1] scale.")
-    # "degrade_augmented_hr" re-derives the LR from the augmented HR with the real degradation (data.degrade);
+    # "degrade_augmented_hr" re-derives the LR from the augmented HR with a real degradation (degradation.py);
     # "augment_lr" warps the stored LR instead, which teaches the model a degradation it never meets.
     lr_source: Literal["degrade_augmented_hr", "augment_lr"] = "degrade_augmented_hr"
+    degradations: dict[Degradation, float] = Field(
+        default_factory=lambda: {"cubic": 1.0},
+        description="Relative weights of the degradations an LR is made with, one drawn per pair "
+        "(degrade_augmented_hr only).",
+    )
+
+    @model_validator(mode="after")
+    def _degradation_weights(self) -> AugmentConfig:
+        if any(weight < 0 for weight in self.degradations.values()) or sum(self.degradations.values()) <= 0:
+            raise ValueError(f"degradations needs non-negative weights with a positive sum, got {self.degradations}")
+        if self.lr_source == "augment_lr" and set(self.degradations) != {"cubic"}:
+            raise ValueError("degradations other than cubic need lr_source: degrade_augmented_hr")
+        return self
 
 
 class CxrVAEConfig(_Strict):
@@ -82,6 +97,10 @@ class UNetConfig(_Strict):
 
 
 class DiffusionConfig(_Strict):
+    # "regression": the ablation a diffusion model has to justify itself against. The same UNet is trained
+    # only at the last timestep, where its input is pure noise, so it learns the conditional mean in one step
+    # (L2 on x0); exported, it is served with steps = 1.
+    objective: Literal["diffusion", "regression"] = "diffusion"
     num_train_timesteps: int = Field(1000, gt=1)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
@@ -93,6 +112,12 @@ class DiffusionConfig(_Strict):
     sampler: Literal["ddim", "dpmsolver++"] = "ddim"
     sample_steps: int = Field(25, ge=1, le=1000)
     eta: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _regression_predicts_the_sample(self) -> DiffusionConfig:
+        if self.objective == "regression" and (self.prediction_type != "sample" or self.sample_steps != 1):
+            raise ValueError("objective regression needs prediction_type: sample and sample_steps: 1")
+        return self
 
 
 class OptimConfig(_Strict):

@@ -26,7 +26,7 @@ from training.config import AugmentConfig, DataConfig, Split
 
 logger = logging.getLogger(__name__)
 
-SPLITS_COLUMNS = ("filename", "patient_id", "view", "split")
+SPLITS_COLUMNS = ("filename", "patient_id", "view", "split")  # and "source", optional (a single-source set)
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class SplitRow:
     patient_id: str
     view: str
     split: Split
+    source: str = ""  # the prepare source it came from; "" in a set written before sources were recorded
 
 
 def read_splits(root: Path) -> list[SplitRow]:
@@ -51,7 +52,8 @@ def read_splits(root: Path) -> list[SplitRow]:
             if record["split"] not in get_args(Split):
                 raise ValueError(f"{path} line {line}: split {record['split']!r} is not one of {get_args(Split)}")
             split = cast(Split, record["split"])  # checked just above
-            rows.append(SplitRow(record["filename"], record["patient_id"], record["view"], split))
+            source = record.get("source") or ""
+            rows.append(SplitRow(record["filename"], record["patient_id"], record["view"], split, source))
     seen: set[str] = set()
     for row in rows:
         if row.filename in seen:
@@ -171,18 +173,6 @@ def apply_augmentation(
         shift = parameters.brightness_shift.to(images.device, images.dtype).view(per_sample)
         augmented.append((images + shift).clamp(-1, 1))
     return augmented[0], augmented[1]
-
-
-def degrade(hr: torch.Tensor, lr_size: int) -> torch.Tensor:
-    """The LR image `xraysr prepare` makes from an HR image, on the [-1, 1] scale.
-
-    cv2.INTER_CUBIC downscaling samples a 4-tap cubic (a = -0.75) at half-pixel centres with no antialiasing,
-    which is what torch's bicubic interpolation does with antialias=False; the result is quantised to 8 bits
-    like the PNG. Training derives the LR of an augmented pair this way, so the model learns to invert the
-    very degradation it meets at test time, not the blur of a rotated 64² image.
-    """
-    lr = F.interpolate(hr, size=(lr_size, lr_size), mode="bicubic", align_corners=False, antialias=False)
-    return to_unit_range(to_uint8(lr))
 
 
 def augment_pair(

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.data import PairDataset, to_uint8
+from training.config import Degradation
+from training.data import PairDataset, to_uint8, to_unit_range
+from training.degradation import make_lr
 from training.metrics import bicubic_upscale, psnr, ssim
 from training.pipeline import SRPipeline
 from training.visualize import COLUMNS, comparison_grid
@@ -50,8 +52,11 @@ def evaluate(
     limit: int | None = None,
     grid_rows: int = 4,
     grid_files: list[str] | None = None,
+    degradation: Degradation = "cubic",
 ) -> dict:
     """Writes report.json, report.md and grid.png to ``out_dir``; returns the report.
+
+    ``degradation`` makes each LR from its HR (training/degradation.py); "cubic" is the stored LR_64.
 
     ``grid_files`` picks the grid's rows by filename (e.g. images whose licence allows showing them);
     otherwise the first ``grid_rows`` images are shown.
@@ -66,6 +71,15 @@ def evaluate(
     for start in range(0, count, batch_size):
         indices = range(start, min(start + batch_size, count))
         lr, hr = dataset.pairs(torch.tensor(indices))
+        if degradation != "cubic":
+            lr = to_unit_range(
+                torch.stack(
+                    [
+                        torch.from_numpy(make_lr(image[0].numpy(), lr.shape[-1], degradation))[None]
+                        for image in to_uint8(hr)
+                    ]
+                )
+            )
         sr = pipeline(lr, steps, generator, sampler)
         ceiling = pipeline.vae.decode(pipeline.vae.encode(hr)).clamp(-1, 1)
         for index, lr_u8, hr_u8, sr_u8, ceiling_u8 in zip(
@@ -97,6 +111,7 @@ def evaluate(
             "checkpoint": str(checkpoint),
             "training_step": pipeline.step,
             "split": split,
+            "degradation": degradation,
             "images": count,
             "steps": steps,
             "sampler": sampler,
@@ -121,7 +136,8 @@ def evaluate(
 def markdown_table(report: dict) -> str:
     settings = report["settings"]
     lines = [
-        f"{settings['split']} split, {settings['images']} images; {settings['sampler']} {settings['steps']} steps, "
+        f"{settings['split']} split, {settings['images']} images, LR by {settings.get('degradation', 'cubic')}; "
+        f"{settings['sampler']} {settings['steps']} steps, "
         f"eta {settings['eta']}, seed {settings['seed']}. PSNR in dB and SSIM on 8-bit 256×256 against HR "
         "(mean ± std over images).",
         "",

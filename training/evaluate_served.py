@@ -1,14 +1,17 @@
-"""`xraysr evaluate-served`: the shipped engines, through a real `xraysr serve`, against HR and bicubic.
+"""`xraysr evaluate-served`: the shipped engines, through a real `xraysr serve`, against HR and the baselines.
 
-Each LR PNG of a split is POSTed to /upscale exactly as a user would send it; the PNG that comes back is
-scored with the same 8-bit metrics as `xraysr evaluate`, so the two reports compare line for line.
+Each LR image of a split is made from its HR by the chosen degradation (``cubic`` is the stored LR_64, the
+primary protocol), POSTed to /upscale as a PNG exactly as a user would send it, and the PNG that comes back
+is scored (training/scoring.py) per source group: adults first, pediatric beside.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -16,12 +19,21 @@ import numpy as np
 from PIL import Image
 
 from service.local_server import local_server
+from service.uncertainty import UNCERTAINTY_SCALE
+from training.config import Degradation
 from training.data import read_splits
-from training.metrics import bicubic_upscale, psnr, ssim
+from training.degradation import make_lr
+from training.scoring import markdown_summary, score_image, summarize_by_group
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(data)))
 
 
 def evaluate_served(
@@ -34,40 +46,61 @@ def evaluate_served(
     seed: int,
     threads: int | None = None,
     precision: str | None = None,
+    samples: int | None = None,
+    degradation: Degradation = "cubic",
+    sources: Sequence[str] | None = None,
+    limit: int | None = None,
 ) -> dict:
+    """Writes ``served_report.json`` and ``served_report.md`` to ``out_dir``; returns the report.
+
+    ``samples`` None uses the model's default; ``sources`` keeps only those sources' images; ``limit`` the
+    first N of them (in splits.csv order).
+    """
     rows = [row for row in read_splits(data_root) if row.split == split]
+    if sources:
+        rows = [row for row in rows if row.source in sources]
+    rows = rows[:limit] if limit else rows
     if not rows:
-        raise ValueError(f"{data_root}/splits.csv has no {split!r} images")
+        raise ValueError(f"{data_root}/splits.csv has no {split!r} images of sources {sources or 'any'}")
+    params: dict[str, int] = {"steps": steps, "seed": seed}
+    if samples is not None:
+        params["samples"] = samples
     per_image = []
     started = time.monotonic()
     server = local_server(engines_dir, model, threads, precision=precision)
-    with server as base_url, httpx.Client(base_url=base_url, timeout=120) as client:
+    with server as base_url, httpx.Client(base_url=base_url, timeout=300) as client:
         version = client.get("/readyz").json().get("version")
         for row in rows:
-            lr_png = (data_root / "LR_64" / row.filename).read_bytes()
+            hr = np.array(Image.open(data_root / "HR_256" / row.filename))
+            lr = (
+                np.array(Image.open(data_root / "LR_64" / row.filename))
+                if degradation == "cubic"
+                else make_lr(hr, hr.shape[0] // 4, degradation)
+            )
             response = client.post(
-                "/upscale", params={"steps": steps, "seed": seed}, content=lr_png, headers={"Content-Type": "image/png"}
+                "/upscale",
+                params=params,
+                content=_png(lr),
+                headers={"Content-Type": "image/png", "Accept": "application/json"},
             )
             if response.status_code != 200:
                 raise RuntimeError(f"{row.filename}: the server answered {response.status_code}: {response.text}")
-            served = np.array(Image.open(io.BytesIO(response.content)))
-            hr = np.array(Image.open(data_root / "HR_256" / row.filename))
-            bicubic = bicubic_upscale(np.array(Image.open(data_root / "LR_64" / row.filename)), hr.shape[0])
+            answer = response.json()
+            served = _decode_png(base64.b64decode(answer["image_png_base64"]))
+            uncertainty = None
+            if answer.get("uncertainty_png_base64"):
+                levels = _decode_png(base64.b64decode(answer["uncertainty_png_base64"]))
+                uncertainty = levels.astype(np.float32) * float(answer.get("uncertainty_scale") or UNCERTAINTY_SCALE)
             per_image.append(
                 {
                     "filename": row.filename,
-                    "psnr_model": psnr(served, hr),
-                    "ssim_model": ssim(served, hr),
-                    "psnr_bicubic": psnr(bicubic, hr),
-                    "ssim_bicubic": ssim(bicubic, hr),
-                    "server_timing": response.headers["Server-Timing"],
+                    "source": row.source or "unknown",
+                    **score_image(served, hr, lr, uncertainty),
+                    "stage_ms": answer["stage_ms"],
                 }
             )
-    summary = {
-        method: {metric: _mean_std([r[f"{metric}_{method}"] for r in per_image]) for metric in ("psnr", "ssim")}
-        for method in ("bicubic", "model")
-    }
-    wins = sum(r["psnr_model"] > r["psnr_bicubic"] for r in per_image)
+            samples_served = answer.get("samples", 1)
+    summary = summarize_by_group(per_image)
     report = {
         "summary": summary,
         "settings": {
@@ -76,14 +109,28 @@ def evaluate_served(
             "precision": precision or "fp32",
             "split": split,
             "images": len(per_image),
+            "sources": sorted({record["source"] for record in per_image}),
+            "degradation": degradation,
             "steps": steps,
+            "samples": samples_served,
             "seed": seed,
             "data_root": str(data_root),
         },
-        "images_where_model_beats_bicubic_psnr": wins,
         "wall_seconds": round(time.monotonic() - started, 1),
         "per_image": per_image,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "served_report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "served_report.md").write_text(markdown_table(report))
     return report
+
+
+def markdown_table(report: dict) -> str:
+    settings = report["settings"]
+    title = (
+        f"{settings['model_version']} ({settings['precision']}) through `xraysr serve`: {settings['split']} split, "
+        f"LR made by `{settings['degradation']}`, {settings['steps']} steps, {settings['samples']} sample(s), "
+        f"seed {settings['seed']}. PSNR (dB) and SSIM on 8-bit 256×256 against HR; wins = share of images "
+        "with a higher PSNR than the baseline."
+    )
+    return markdown_summary(report["summary"], title)

@@ -140,8 +140,10 @@ def export_model(
     version: str | None = None,
     steps: tuple[int, int, int] = (10, 25, 50),
     step_graph: bool = False,
+    default_samples: int = 1,
 ) -> Manifest:
-    """Exports the EMA weights; ``steps`` is the supported (min, default, max) sampling step count.
+    """Exports the EMA weights; ``steps`` is the supported (min, default, max) sampling step count, and
+    ``default_samples`` the diffusion samples a request averages when it names none (docs/RESULTS.md).
 
     ``step_graph`` also exports ``unet_step.onnx`` (UNet + DDIM update, see ``export_unet_step``) as the
     manifest's optional ``unet_step`` component: TensorRT then runs the whole loop on the GPU.
@@ -203,6 +205,7 @@ def export_model(
             min_steps=minimum,
             default_steps=default,
             max_steps=maximum,
+            default_samples=default_samples,
         ),
         provenance={"run_name": config.run_name, "training_step": pipeline.step, "checkpoint": checkpoint.name},
     )

@@ -8,20 +8,20 @@ so). The image folder is the source of truth: metadata rows without a file are i
 are dropped as ``no_metadata``. If ``images_dir`` has no images itself but an ``HR_256/`` subfolder (a set
 written by this command, like shared/data/cxr), the images are read from ``HR_256/``.
 
+Several such inputs (``Source``s: NIH, a COVID figure set, a pediatric set…) can go into one prepared set,
+split by patient across all of them, each image keeping the name of its source.
+
 Outputs in ``out_dir``: ``HR_<hr_size>/<stem>.png`` and ``LR_<lr_size>/<stem>.png`` (8-bit grayscale, same
-names), ``splits.csv`` (``filename,patient_id,view,split``; kept images; empty view when unknown) and
-``prepare_report.json`` (a ``PrepareReport``).
+names), ``splits.csv`` (``filename,patient_id,view,split,source``; kept images; empty view when unknown) and
+``prepare_report.json`` (a ``PrepareReport``, with per-source counts).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -29,44 +29,37 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from training.config import Split
+from training.prepare_metadata import NIH_COLUMNS, ImageMeta, read_manifest, read_nih_metadata
+from training.splits import SPLITS, split_by_patient, split_counts, splits_table
 
+__all__ = [
+    "NIH_COLUMNS",
+    "SPLITS",
+    "ImageMeta",
+    "Source",
+    "prepare",
+    "prepare_sources",
+    "read_manifest",
+    "read_nih_metadata",
+    "split_by_patient",
+]
 logger = logging.getLogger(__name__)
 
 Interpolation = Literal["area", "cubic", "lanczos"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
 DROP_REASONS = ("no_metadata", "unreadable", "colour", "blank", "too_small", "not_squareable")
 CONVERSIONS = ("16bit", "rgb")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CV2_INTERPOLATION = {"area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
-# The first 7 names of the NIH header; the last two hold unquoted commas (see read_nih_metadata).
-NIH_COLUMNS = (
-    "Image Index",
-    "Finding Labels",
-    "Follow-up #",
-    "Patient ID",
-    "Patient Age",
-    "Patient Gender",
-    "View Position",
-)
-
 MIN_STD = 2.0  # on [0, 255]: below this an image is blank (a failed export, an empty frame)
 MAX_CHANNEL_DIFFERENCE = 2.0  # mean |R-G|, |G-B|, |B-R| on [0, 255]: above this it is a colour picture
 MAX_ASPECT_RATIO = 1.5  # long/short: beyond this the centre square cuts away too much of the chest
-
-
-@dataclass(frozen=True)
-class ImageMeta:
-    filename: str
-    patient_id: str
-    view: str | None  # None: the source does not say
 
 
 class DroppedImage(Exception):
@@ -79,8 +72,8 @@ class DroppedImage(Exception):
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    views: tuple[str, ...]
-    view_filter_applied: bool  # False when the input has no view metadata: every view was kept
+    views: tuple[str, ...] | None  # None: every view kept
+    view_filter_applied: bool  # False when views is None or a source has no view metadata (all its views kept)
     seed: int
     hr_size: int
     lr_size: int
@@ -99,68 +92,30 @@ class PrepareCounts:
 
 
 @dataclass
-class PrepareReport:
+class SourceReport:
+    name: str
     input_kind: Literal["nih", "folder"]
     images_dir: str  # where the images were read: HR_256/ when that rule applied
     metadata: str | None  # the NIH CSV or manifest that was read
+    counts: PrepareCounts
+    splits: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # {split: {"images", "patients"}}
+
+
+@dataclass
+class PrepareReport:
+    input_kind: Literal["nih", "folder", "sources"]  # "sources": several, each described in `sources`
+    images_dir: str | None  # the single source's; None for several
+    metadata: str | None  # the single source's NIH CSV or manifest; None for several
     out_dir: str
     options: PrepareOptions
-    counts: PrepareCounts
-    splits: dict[str, dict[str, int]]  # {split: {"images": n, "patients": n}}
+    counts: PrepareCounts  # summed over the sources
+    splits: dict[str, dict[str, int]]  # {split: {"images": n, "patients": n}}, over all sources
+    sources: list[SourceReport]
     elapsed_seconds: float
 
     def to_dict(self) -> dict[str, object]:
         """The JSON of ``prepare_report.json``."""
         return dataclasses.asdict(self)
-
-
-def read_nih_metadata(path: Path) -> dict[str, ImageMeta]:
-    """Read NIH ``Data_Entry_2017.csv`` into ``{image filename: ImageMeta}``.
-
-    Its header ends with ``OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]``: unquoted commas, so
-    the header splits into 11 names that match the 11 fields of a row only by position. The columns used here
-    come first, so once the header is checked to start with ``NIH_COLUMNS``, fields are read by position.
-    """
-    image, patient, view = map(NIH_COLUMNS.index, ("Image Index", "Patient ID", "View Position"))
-    records: dict[str, ImageMeta] = {}
-    with open(path, newline="", encoding="utf-8-sig") as file:
-        rows = csv.reader(file)
-        header = tuple(name.strip() for name in next(rows, []))
-        if header[: len(NIH_COLUMNS)] != NIH_COLUMNS:
-            raise ValueError(f"{path} does not start with the NIH header {','.join(NIH_COLUMNS)}: {header}")
-        for row in rows:
-            if not row:
-                continue  # a blank line
-            if len(row) < len(NIH_COLUMNS):
-                raise ValueError(f"{path}:{rows.line_num}: {len(row)} fields, expected {len(NIH_COLUMNS)}+")
-            meta = ImageMeta(row[image].strip(), row[patient].strip(), row[view].strip())
-            _add_record(records, meta, f"{path}:{rows.line_num}")
-    return records
-
-
-def read_manifest(path: Path) -> dict[str, ImageMeta]:
-    """Read a manifest CSV into ``{filename: ImageMeta}``: columns ``filename``, ``patient_id``, ``view``.
-
-    Other columns are ignored. An empty ``view`` means unknown; such an image never passes a view filter.
-    """
-    records: dict[str, ImageMeta] = {}
-    with open(path, newline="", encoding="utf-8-sig") as file:
-        rows = csv.DictReader(file)
-        missing = {"filename", "patient_id", "view"} - set(rows.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path} lacks the columns {sorted(missing)}")
-        for row in rows:
-            meta = ImageMeta(row["filename"].strip(), row["patient_id"].strip(), row["view"].strip() or None)
-            _add_record(records, meta, f"{path}:{rows.line_num}")
-    return records
-
-
-def _add_record(records: dict[str, ImageMeta], meta: ImageMeta, where: str) -> None:
-    if not meta.filename or not meta.patient_id:
-        raise ValueError(f"{where}: empty filename or patient id")
-    if meta.filename in records:
-        raise ValueError(f"{where}: {meta.filename} is listed twice")
-    records[meta.filename] = meta
 
 
 def load_grayscale(path: Path) -> tuple[np.ndarray, str | None]:
@@ -219,32 +174,6 @@ def center_square(pixels: np.ndarray) -> np.ndarray:
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     return pixels[top : top + side, left : left + side]
-
-
-def split_by_patient(
-    records: Iterable[ImageMeta], seed: int, fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
-) -> dict[str, Split]:
-    """Assign each image to train/val/test with no patient in two splits; returns ``{filename: split}``.
-
-    The rule counts patients, not images: the P sorted unique patient ids are shuffled with
-    ``random.Random(seed)``; the first ``round(f_train * P)`` go to train, those up to
-    ``round((f_train + f_val) * P)`` to val, the rest to test, so image shares match on average.
-    With 3 or more patients every split gets at least one.
-    """
-    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"fractions must be three positive numbers summing to 1, not {fractions}")
-    records = list(records)
-    patients = sorted({record.patient_id for record in records})
-    random.Random(seed).shuffle(patients)
-    count = len(patients)
-    train_end, val_end = round(fractions[0] * count), round((fractions[0] + fractions[1]) * count)
-    if count >= 3:
-        train_end = min(max(train_end, 1), count - 2)
-        val_end = min(max(val_end, train_end + 1), count - 1)
-    split_of_patient: dict[str, Split] = {}
-    for index, patient in enumerate(patients):
-        split_of_patient[patient] = "train" if index < train_end else "val" if index < val_end else "test"
-    return {record.filename: split_of_patient[record.patient_id] for record in records}
 
 
 @dataclass(frozen=True)
@@ -317,14 +246,6 @@ def _find_images(images_dir: Path) -> tuple[Path, list[Path]]:
     return images_dir, found
 
 
-def _write_splits(path: Path, kept: list[ImageMeta], split_of: dict[str, Split]) -> None:
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(("filename", "patient_id", "view", "split"))
-    writer.writerows((meta.filename, meta.patient_id, meta.view or "", split_of[meta.filename]) for meta in kept)
-    _write_atomically(path, lambda temporary: temporary.write_text(table.getvalue()))
-
-
 def _refuse_other_options(report_path: Path, options: PrepareOptions) -> None:
     # Skipped outputs are not recomputed, so a rerun with another interpolation would silently mix two.
     if not report_path.is_file():
@@ -338,13 +259,44 @@ def _refuse_other_options(report_path: Path, options: PrepareOptions) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Source:
+    """One input of `prepare_sources`: a folder of X-rays and the file that describes it."""
+
+    name: str  # kept in splits.csv's source column, so every evaluation can be reported per source
+    images_dir: Path
+    metadata: Path | None = None  # NIH Data_Entry_2017.csv
+    manifest: Path | None = None  # a folder's CSV; default images_dir/manifest.csv when it exists
+
+
+@dataclass
+class _Plan:
+    """One source matched to its metadata: what is kept already, what is still to do, what was set aside."""
+
+    source: Source
+    report: SourceReport
+    kept: list[ImageMeta]
+    pending: list[ImageMeta]
+    tasks: list[_Task]
+
+
 def prepare(
     images_dir: Path,
     out_dir: Path,
     *,
     metadata: Path | None = None,
     manifest: Path | None = None,
-    views: Sequence[str] = ("PA",),
+    **options: Any,
+) -> PrepareReport:
+    """`prepare_sources` of one source named after its folder; the keyword options are the same."""
+    return prepare_sources([Source(images_dir.name, images_dir, metadata, manifest)], out_dir, **options)
+
+
+def prepare_sources(
+    sources: Sequence[Source],
+    out_dir: Path,
+    *,
+    views: Sequence[str] | None = ("PA",),
     seed: int = 0,
     workers: int | None = None,
     hr_interpolation: Interpolation = "area",
@@ -352,105 +304,176 @@ def prepare(
     lr_size: int = 64,
     show_progress: bool = True,
 ) -> PrepareReport:
-    """Write HR/LR pairs, ``splits.csv`` and ``prepare_report.json`` for the images in ``images_dir``.
+    """Write HR/LR pairs, ``splits.csv`` and ``prepare_report.json`` for the images of every source.
 
     ``views`` keeps images whose view is exactly one of these strings: ``("PA", "AP")`` widens, and
-    shared/data/cxr also has ``"AP Supine"``. ``hr_interpolation="area"`` (cv2.INTER_AREA) averages the
-    source pixels under each output pixel: an antialiased downscale, as shared/data/cxr was made. Cubic and
-    Lanczos sample the source sparsely on a 4x downscale (1024 -> 256) and alias fine texture such as rib
-    edges and noise into the targets. The LR is always cv2.INTER_CUBIC of the HR, like shared/data/cxr.
+    shared/data/cxr also has ``"AP Supine"``; None keeps every view. ``hr_interpolation="area"``
+    (cv2.INTER_AREA) averages the source pixels under each output pixel: an antialiased downscale, as
+    shared/data/cxr was made. Cubic and Lanczos sample the source sparsely on a 4x downscale (1024 -> 256)
+    and alias fine texture such as rib edges and noise into the targets. The LR is always cv2.INTER_CUBIC
+    of the HR, like shared/data/cxr; other degradations are made from the HR when training and evaluating.
+
+    Several sources go into one set: the split is by patient across all of them (`splits.split_by_patient`,
+    stratified by source), each row keeps its source, and two sources writing the same file name is an error.
 
     Runs ``workers`` processes (default ``os.cpu_count()``). Resumable: an image whose HR and LR both exist
     is not redone (``skipped_existing``) but still goes into ``splits.csv``; a rerun must keep the sizes and
     interpolation. Outputs of images no longer selected stay on disk; ``splits.csv`` is the index.
     """
     started = time.perf_counter()
-    # 1. check the arguments and read the metadata
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"images_dir {images_dir} is not a folder")
-    if metadata is not None and manifest is not None:
-        raise ValueError("give metadata (NIH Data_Entry_2017.csv) or manifest (a folder's CSV), not both")
+    # 1. check the arguments
+    if not sources:
+        raise ValueError("no source given")
+    names = [source.name for source in sources]
+    if len(set(names)) < len(names) or not all(names):
+        raise ValueError(f"source names must be unique and non-empty, got {names}")
     if not 0 < lr_size < hr_size:
         raise ValueError(f"need 0 < lr_size < hr_size, got lr_size={lr_size}, hr_size={hr_size}")
-    if not views:
+    if views is not None and not views:
         raise ValueError("views is empty: no image could be kept")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     if hr_interpolation not in CV2_INTERPOLATION:
         raise ValueError(f"hr_interpolation must be area, cubic or lanczos, not {hr_interpolation!r}")
-    if metadata is None and manifest is None and (images_dir / "manifest.csv").is_file():
-        manifest = images_dir / "manifest.csv"
-    records: dict[str, ImageMeta] | None = None
-    if metadata is not None:
-        records = read_nih_metadata(metadata)
-    elif manifest is not None:
-        records = read_manifest(manifest)
-    source_dir, image_paths = _find_images(images_dir)
-    options = PrepareOptions(tuple(views), records is not None, seed, hr_size, lr_size, hr_interpolation)
-    _refuse_other_options(out_dir / "prepare_report.json", options)
-
-    # 2. match files to metadata, filter by view, and set aside pairs finished by an earlier run
     hr_dir, lr_dir = out_dir / f"HR_{hr_size}", out_dir / f"LR_{lr_size}"
+
+    # 2. per source: read its metadata, match files, filter by view, set aside pairs an earlier run finished
+    plans = [_plan(source, views, hr_dir, lr_dir, hr_size, lr_size, hr_interpolation) for source in sources]
+    _refuse_clashes(plans)
+    options = PrepareOptions(
+        tuple(views) if views is not None else None,
+        views is not None and all(plan.report.metadata is not None for plan in plans),
+        seed,
+        hr_size,
+        lr_size,
+        hr_interpolation,
+    )
+    _refuse_other_options(out_dir / "prepare_report.json", options)
     hr_dir.mkdir(parents=True, exist_ok=True)
     lr_dir.mkdir(parents=True, exist_ok=True)
-    dropped, converted = dict.fromkeys(DROP_REASONS, 0), dict.fromkeys(CONVERSIONS, 0)
-    view_filtered = skipped_existing = 0
-    kept: list[ImageMeta] = []
-    pending: list[ImageMeta] = []
-    tasks: list[_Task] = []
-    for path in image_paths:
-        meta = ImageMeta(path.name, path.stem, None) if records is None else records.get(path.name)
-        if meta is None:
-            dropped["no_metadata"] += 1
-        elif records is not None and meta.view not in views:
-            view_filtered += 1
-        else:
-            output = dataclasses.replace(meta, filename=f"{path.stem}.png")
-            hr_path, lr_path = hr_dir / output.filename, lr_dir / output.filename
-            if hr_path.is_file() and lr_path.is_file():
-                skipped_existing += 1
-                kept.append(output)
-            else:
-                pending.append(output)
-                tasks.append(_Task(path, hr_path, lr_path, hr_size, lr_size, hr_interpolation))
 
-    # 3. process the rest in parallel
-    outcomes = _run_tasks(tasks, workers or os.cpu_count() or 1, show_progress)
-    for output, (reason, conversion) in zip(pending, outcomes, strict=True):
-        if reason is not None:
-            dropped[reason] += 1
-            continue
-        kept.append(output)
-        if conversion is not None:
-            converted[conversion] += 1
+    # 3. process what is left of every source in one pool
+    tasks = [task for plan in plans for task in plan.tasks]
+    outcomes = iter(_run_tasks(tasks, workers or os.cpu_count() or 1, show_progress))
+    for plan in plans:
+        counts = plan.report.counts
+        for output, (reason, conversion) in zip(plan.pending, outcomes, strict=False):
+            if reason is not None:
+                counts.dropped[reason] += 1
+                continue
+            plan.kept.append(output)
+            if conversion is not None:
+                counts.converted[conversion] += 1
+        counts.kept = len(plan.kept)
 
-    # 4. split by patient, write the index and the report
-    kept.sort(key=lambda meta: meta.filename)
+    # 4. split by patient across every source, write the index and the report
+    kept = sorted((meta for plan in plans for meta in plan.kept), key=lambda meta: meta.filename)
     split_of = split_by_patient(kept, seed, options.split_fractions)
-    _write_splits(out_dir / "splits.csv", kept, split_of)
-    in_split = {split: [meta for meta in kept if split_of[meta.filename] == split] for split in SPLITS}
+    for plan in plans:
+        plan.report.splits = split_counts(plan.kept, split_of)
+    text = splits_table(kept, split_of)
+    _write_atomically(out_dir / "splits.csv", lambda temporary: temporary.write_text(text))
+    single = plans[0].report if len(plans) == 1 else None
     report = PrepareReport(
-        input_kind="nih" if metadata is not None else "folder",
-        images_dir=str(source_dir),
-        metadata=str(metadata or manifest) if records is not None else None,
+        input_kind=single.input_kind if single else "sources",
+        images_dir=single.images_dir if single else None,
+        metadata=single.metadata if single else None,
         out_dir=str(out_dir),
         options=options,
-        counts=PrepareCounts(len(kept), dropped, converted, view_filtered, skipped_existing),
-        splits={
-            split: {"images": len(metas), "patients": len({meta.patient_id for meta in metas})}
-            for split, metas in in_split.items()
-        },
+        counts=_total(plan.report.counts for plan in plans),
+        splits=split_counts(kept, split_of),
+        sources=[plan.report for plan in plans],
         elapsed_seconds=round(time.perf_counter() - started, 3),
     )
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     _write_atomically(out_dir / "prepare_report.json", lambda temporary: temporary.write_text(text))
     logger.info(
-        "prepared %d images into %s (dropped %s, view-filtered %d, skipped %d) in %.1f s",
-        len(kept),
+        "prepared %d images from %d source(s) into %s (dropped %s, view-filtered %d, skipped %d) in %.1f s",
+        report.counts.kept,
+        len(plans),
         out_dir,
-        {reason: n for reason, n in dropped.items() if n},
-        view_filtered,
-        skipped_existing,
+        {reason: n for reason, n in report.counts.dropped.items() if n},
+        report.counts.view_filtered,
+        report.counts.skipped_existing,
         report.elapsed_seconds,
     )
     return report
+
+
+def _plan(
+    source: Source,
+    views: Sequence[str] | None,
+    hr_dir: Path,
+    lr_dir: Path,
+    hr_size: int,
+    lr_size: int,
+    hr_interpolation: Interpolation,
+) -> _Plan:
+    if not source.images_dir.is_dir():
+        raise FileNotFoundError(f"images_dir {source.images_dir} is not a folder")
+    metadata, manifest = source.metadata, source.manifest
+    if metadata is not None and manifest is not None:
+        raise ValueError("give metadata (NIH Data_Entry_2017.csv) or manifest (a folder's CSV), not both")
+    if metadata is None and manifest is None and (source.images_dir / "manifest.csv").is_file():
+        manifest = source.images_dir / "manifest.csv"
+    records: dict[str, ImageMeta] | None = None
+    if metadata is not None:
+        records = read_nih_metadata(metadata)
+    elif manifest is not None:
+        records = read_manifest(manifest)
+    source_dir, image_paths = _find_images(source.images_dir)
+    counts = PrepareCounts(0, dict.fromkeys(DROP_REASONS, 0), dict.fromkeys(CONVERSIONS, 0), 0, 0)
+    plan = _Plan(
+        source,
+        SourceReport(
+            name=source.name,
+            input_kind="nih" if metadata is not None else "folder",
+            images_dir=str(source_dir),
+            metadata=str(metadata or manifest) if records is not None else None,
+            counts=counts,
+        ),
+        kept=[],
+        pending=[],
+        tasks=[],
+    )
+    for path in image_paths:
+        meta = ImageMeta(path.name, path.stem, None) if records is None else records.get(path.name)
+        if meta is None:
+            counts.dropped["no_metadata"] += 1
+        elif records is not None and views is not None and meta.view not in views:
+            counts.view_filtered += 1
+        else:
+            output = dataclasses.replace(meta, filename=f"{path.stem}.png", source=source.name)
+            hr_path, lr_path = hr_dir / output.filename, lr_dir / output.filename
+            if hr_path.is_file() and lr_path.is_file():
+                counts.skipped_existing += 1
+                plan.kept.append(output)
+            else:
+                plan.pending.append(output)
+                plan.tasks.append(_Task(path, hr_path, lr_path, hr_size, lr_size, hr_interpolation))
+    return plan
+
+
+def _refuse_clashes(plans: list[_Plan]) -> None:
+    owner: dict[str, str] = {}
+    for plan in plans:
+        for meta in (*plan.kept, *plan.pending):
+            if meta.filename in owner:
+                raise ValueError(
+                    f"sources {owner[meta.filename]} and {plan.source.name} both have {meta.filename}; "
+                    "their outputs would overwrite each other"
+                )
+            owner[meta.filename] = plan.source.name
+
+
+def _total(all_counts: Iterable[PrepareCounts]) -> PrepareCounts:
+    total = PrepareCounts(0, dict.fromkeys(DROP_REASONS, 0), dict.fromkeys(CONVERSIONS, 0), 0, 0)
+    for counts in all_counts:
+        total.kept += counts.kept
+        total.view_filtered += counts.view_filtered
+        total.skipped_existing += counts.skipped_existing
+        for reason, count in counts.dropped.items():
+            total.dropped[reason] += count
+        for conversion, count in counts.converted.items():
+            total.converted[conversion] += count
+    return total

@@ -29,7 +29,8 @@ from training.checkpoint import (
     warmup_cosine,
 )
 from training.config import SRTrainConfig, save_config
-from training.data import PairDataset, augment_pair, augmentation_generator, batch_at_step, degrade, to_uint8
+from training.data import PairDataset, augment_pair, augmentation_generator, batch_at_step, to_uint8
+from training.degradation import degrade_mixed, draw_degradations
 from training.diffusion import (
     ConditionEncoder,
     diffusion_sample,
@@ -161,9 +162,12 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
     while step < config.optim.max_steps:
         torch.manual_seed(step_seed(config.seed, step, stream=1))  # dropout, if any, is per-step too
         lr, hr, _ = batch_at_step(train_set, step, config.optim.batch_size, config.seed)
-        lr, hr = augment_pair(lr, hr, config.augment, augmentation_generator(config.seed, step))
+        augmentation = augmentation_generator(config.seed, step)
+        lr, hr = augment_pair(lr, hr, config.augment, augmentation)
         if config.augment.lr_source == "degrade_augmented_hr":
-            lr = degrade(hr, config.data.lr_size)
+            # Drawn after the augmentation from the same stream, so a cubic-only run keeps its old batches.
+            kinds = draw_degradations(hr.shape[0], config.augment.degradations, augmentation)
+            lr = degrade_mixed(hr, config.data.lr_size, kinds)
         shard = slice(accelerator.process_index, None, accelerator.num_processes)
         lr, hr = lr[shard].to(device), hr[shard].to(device)
         noise_generator = torch.Generator().manual_seed(step_seed(config.seed, step, stream=2))
@@ -174,6 +178,8 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
         timesteps = torch.randint(
             0, config.diffusion.num_train_timesteps, (sample.shape[0],), generator=noise_generator
         ).to(device)
+        if config.diffusion.objective == "regression":
+            timesteps = torch.full_like(timesteps, config.diffusion.num_train_timesteps - 1)
         noisy = noise_scheduler.add_noise(sample, noise, timesteps)
         with accelerator.autocast():
             prediction = unet(noisy, timesteps, lr_latent)

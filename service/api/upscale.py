@@ -3,7 +3,8 @@
 Where each answer is decided:
   413  the body is read with a cap (Content-Length first, then while streaming) — `read_body`
   400/415/422  the body is not a usable image — service/imaging.py, mapped here from ImageError
-  422  steps outside the manifest's range — `check_steps`; not an integer — FastAPI, worded by api/errors.py
+  422  steps outside the manifest's range — `check_steps`; samples outside 1..MAX_SAMPLES — `check_samples`;
+       not an integer — FastAPI, worded by api/errors.py
   503  the model is not loaded yet (api/deps.py) or every slot and queue place is taken (service/concurrency.py)
   500  anything else is a bug: logged with the request's context, and the server keeps serving
 """
@@ -26,14 +27,15 @@ from starlette.requests import ClientDisconnect
 from service.api.deps import AdmissionDep, MetricsDep, PipelineDep, SettingsDep
 from service.concurrency import Overloaded
 from service.imaging import BodyTooLarge, DecodedImage, ImageError, check_body_size, decode_image, encode_png
-from service.manifest import Manifest
-from service.pipeline import SRPipeline, UpscaleResult
+from service.manifest import MAX_SAMPLES, Manifest
+from service.pipeline import SRPipeline, UpscaleResult, check_samples
+from service.sampler import SEED_MAX
+from service.uncertainty import UNCERTAINTY_SCALE, uncertainty_png
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["upscale"])
 
 ENDPOINT = "/upscale"
-SEED_MAX = 2**31 - 1
 RAW_TYPES = ("image/png", "application/dicom")
 STAGES = ("decode", "encode", "denoise", "vae_decode", "png", "total")
 
@@ -55,12 +57,13 @@ _REQUEST_BODY = {
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"image/png": {}, "application/json": {}},
-        "description": "A 256×256 8-bit grayscale PNG, or JSON with it base64-encoded when Accept asks for JSON.",
+        "description": "A 256×256 8-bit grayscale PNG, or JSON with it (and, for samples > 1, the uncertainty "
+        "map) base64-encoded when Accept asks for JSON.",
     },
     400: {"description": "Empty body, or a malformed multipart form."},
     413: {"description": "The body is larger than max_body_bytes."},
     415: {"description": "Neither image/png, application/dicom nor multipart/form-data."},
-    422: {"description": "Not a decodable image, the wrong size or pixel type, or bad steps/seed."},
+    422: {"description": "Not a decodable image, the wrong size or pixel type, or bad steps/seed/samples."},
     503: {"description": "Still loading, or busy (Retry-After: 1)."},
 }
 
@@ -76,6 +79,15 @@ def check_steps(steps: int | None, manifest: Manifest) -> int:
             f"{manifest.version}, got {steps}",
         )
     return steps
+
+
+def check_samples_query(samples: int | None, manifest: Manifest) -> int:
+    if samples is None:
+        return manifest.sampler.default_samples
+    try:
+        return check_samples(samples)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from error
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -137,14 +149,25 @@ async def upscale(
     seed: Annotated[
         int | None, Query(ge=0, le=SEED_MAX, description="Noise seed; the same seed gives the same image.")
     ] = None,
+    samples: Annotated[
+        int | None,
+        Query(
+            description=f"Diffusion samples averaged into the answer, 1–{MAX_SAMPLES} (default: the manifest's "
+            "default_samples); sample k uses seed + k. Above 1 the JSON answer adds their per-pixel spread."
+        ),
+    ] = None,
 ) -> Response:
     started = time.perf_counter()
     steps = check_steps(steps, pipeline.manifest)
+    samples = check_samples_query(samples, pipeline.manifest)
     seed = secrets.randbelow(SEED_MAX + 1) if seed is None else seed
     try:
         data, content_type = await image_from_request(request, await read_body(request, settings.max_body_bytes))
         decoded, decode_seconds = await run_in_threadpool(_decode, data, content_type, pipeline.manifest)
-        result, png, png_seconds = await admission.run(lambda: _upscale_and_encode(pipeline, decoded, steps, seed))
+        as_json = wants_json(request)
+        result, png, spread_png, png_seconds = await admission.run(
+            lambda: _upscale_and_encode(pipeline, decoded, steps, seed, samples, spread_png=as_json)
+        )
     except ImageError as error:
         return JSONResponse({"detail": error.message}, status_code=error.status_code)
     except Overloaded as error:
@@ -157,9 +180,10 @@ async def upscale(
     except Exception:
         # Input problems were all answered above: what reaches here is a bug in the pipeline or the runtime.
         logger.exception(
-            "upscale failed: steps=%d seed=%d content-type=%s body=%s bytes",
+            "upscale failed: steps=%d seed=%d samples=%d content-type=%s body=%s bytes",
             steps,
             seed,
+            samples,
             request.headers.get("content-type"),
             request.headers.get("content-length", "?"),
         )
@@ -178,10 +202,11 @@ async def upscale(
         "X-Model-Version": manifest.version,
         "X-Steps": str(result.steps),
         "X-Seed": str(result.seed),
+        "X-Samples": str(result.samples),
     }
     if decoded.conversion:
         headers["X-Input-Conversion"] = decoded.conversion
-    if wants_json(request):
+    if as_json:
         return JSONResponse(
             {
                 "image_png_base64": base64.b64encode(png).decode("ascii"),
@@ -189,6 +214,8 @@ async def upscale(
                 "height": int(result.image.shape[0]),
                 "steps": result.steps,
                 "seed": result.seed,
+                "samples": result.samples,
+                **_uncertainty_fields(result, spread_png),
                 "model_version": manifest.version,
                 "stage_ms": {stage: round(ms, 3) for stage, ms in stage_ms.items()},
                 "input_conversion": decoded.conversion,
@@ -204,10 +231,28 @@ def _decode(data: bytes, content_type: str | None, manifest: Manifest) -> tuple[
     return decoded, time.perf_counter() - started
 
 
+def _uncertainty_fields(result: UpscaleResult, spread_png: bytes | None) -> dict[str, Any]:
+    """The spread of the samples for the JSON answer: null for one sample, which has none.
+
+    The PNG's level is the standard deviation in grey levels / ``uncertainty_scale``, a fixed constant so that
+    maps of different requests compare; ``uncertainty_mean`` is the unrounded map's mean, in grey levels.
+    """
+    if result.uncertainty is None or spread_png is None:
+        return {"uncertainty_png_base64": None, "uncertainty_scale": None, "uncertainty_mean": None}
+    return {
+        "uncertainty_png_base64": base64.b64encode(spread_png).decode("ascii"),
+        "uncertainty_scale": UNCERTAINTY_SCALE,
+        "uncertainty_mean": round(float(result.uncertainty.mean()), 4),
+    }
+
+
 def _upscale_and_encode(
-    pipeline: SRPipeline, decoded: DecodedImage, steps: int, seed: int
-) -> tuple[UpscaleResult, bytes, float]:
-    result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed)
+    pipeline: SRPipeline, decoded: DecodedImage, steps: int, seed: int, samples: int, spread_png: bool
+) -> tuple[UpscaleResult, bytes, bytes | None, float]:
+    """The upscale, its PNG and, when ``spread_png`` and there are several samples, the uncertainty map's PNG
+    (only the JSON answer carries it); both encodings are the "png" stage."""
+    result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed, samples=samples)
     started = time.perf_counter()
     png = encode_png(result.image)
-    return result, png, time.perf_counter() - started
+    spread = uncertainty_png(result.uncertainty) if spread_png and result.uncertainty is not None else None
+    return result, png, spread, time.perf_counter() - started

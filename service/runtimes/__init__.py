@@ -24,6 +24,7 @@ class Runtime(Protocol):
 class DeviceLoop(Protocol):
     """A runtime that iterates the manifest's ``unet_step`` graph over all steps without a host round trip.
 
+    ``sample`` and ``lr_latent`` are a batch of K (``samples=K``); every sample takes the same timesteps.
     ``alphas`` holds one (alpha_t, alpha_prev) row per timestep, from ``DDIMSampler.alphas``.
     """
 

@@ -1,7 +1,8 @@
 """TensorRT on a Jetson (or any NVIDIA GPU): one engine per manifest component, run on one CUDA stream.
 
-Buffers are allocated once per engine at the maximum batch: pinned host memory (so copies are truly
-asynchronous) and device memory, freed together by ``DeviceBuffers.free()``. Every CUDA call that can fail
+Buffers are allocated once per engine at the maximum batch (MAX_SAMPLES: ``samples=K`` runs a batch of K):
+pinned host memory (so copies are truly asynchronous) and device memory, freed together by
+``DeviceBuffers.free()``; each run copies only its own batch's part. Every CUDA call that can fail
 passes through ``cuda_call`` (the shape of TensorRT's samples/python/common_runtime.py), so a failure is one
 ``RuntimeError`` that says what was being done. CUDA events around each run give the GPU's own time per
 component in ``last_gpu_seconds``. TensorRT 8.5+ runs by tensor name (``execute_async_v3``); older
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,15 +24,17 @@ import numpy as np
 import pycuda.driver as cuda
 import tensorrt as trt
 
-from service.manifest import Manifest
+from service.manifest import MAX_SAMPLES, Manifest
 from service.runtimes.trt_build import DEFAULT_WORKSPACE_MIB, Precision, build_all, current_device
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# TensorRT requires I/O tensor addresses aligned to 256 bytes; the on-GPU loop's per-step scalars get a slot each.
+# TensorRT requires I/O tensor addresses aligned to 256 bytes; the on-GPU loop's per-step scalars get a slot
+# each, holding the scalar once per batch item: a slot fits a batch of up to 64 float32 values.
 SCALAR_ALIGNMENT = 256
+SLOT_VALUES = SCALAR_ALIGNMENT // 4
 
 
 def cuda_call(what: str, call: Callable[..., T], *args: Any) -> T:
@@ -114,8 +117,12 @@ class TensorRTRuntime:
         precision: Precision | None = None,
         cache_dir: Path | None = None,
         workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-        max_batch: int = 1,
+        max_batch: int = MAX_SAMPLES,
     ) -> None:
+        """``max_batch`` bounds the engines' dynamic batch axis and sizes their buffers: ``samples=K`` runs a
+        batch of K, so the default is MAX_SAMPLES, as is `xraysr build-engines`' (one cache key for both)."""
+        if not 1 <= max_batch <= SLOT_VALUES:
+            raise ValueError(f"max batch must be between 1 and {SLOT_VALUES}, got {max_batch}")
         cuda_call("initialising CUDA", cuda.init)
         # A context of our own, pushed for this object's life: the server runs inferences on worker threads.
         self._context = cuda_call("creating a CUDA context", cuda.Device(0).make_context)
@@ -149,25 +156,26 @@ class TensorRTRuntime:
             self._context.pop()
 
     def _run(self, engine: _Engine, component: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        batch = next(iter(inputs.values())).shape[0]
-        if not 1 <= batch <= engine.max_batch:
-            raise ValueError(f"{component}: batch {batch} is outside the engine's 1..{engine.max_batch}")
+        batch = _batch_of(engine, component, inputs.values())
         tensors, stream = engine.buffers.tensors, self._stream
         for name, values in inputs.items():
             tensor = tensors[name]
             flat = np.ascontiguousarray(values, dtype=tensor.host.dtype).ravel()
             tensor.host[: flat.size] = flat
-            cuda_call(f"copying {name} to the GPU", cuda.memcpy_htod_async, tensor.device, tensor.host, stream)
+            # Only this batch's part of the max-batch buffer: a batch of 1 copies no more than it did before.
+            used = tensor.host[: flat.size]
+            cuda_call(f"copying {name} to the GPU", cuda.memcpy_htod_async, tensor.device, used, stream)
             _set_input_shape(engine, name, (batch, *tensor.shape))
         self._started.record(stream)
         _enqueue(engine, component, {name: int(tensor.device) for name, tensor in tensors.items()}, stream)
         self._finished.record(stream)
         (output,) = [tensor for tensor in tensors.values() if not tensor.is_input]
-        cuda_call(f"copying {output.name} from the GPU", cuda.memcpy_dtoh_async, output.host, output.device, stream)
+        count = batch * int(np.prod(output.shape, dtype=np.int64))
+        downloaded = output.host[:count]
+        cuda_call(f"copying {output.name} from the GPU", cuda.memcpy_dtoh_async, downloaded, output.device, stream)
         cuda_call(f"running {component}", stream.synchronize)
         self.last_gpu_seconds[component] = self._finished.time_since(self._started) / 1000.0
-        count = batch * int(np.prod(output.shape, dtype=np.int64))
-        return output.host[:count].reshape(batch, *output.shape).astype(np.float32, copy=True)
+        return downloaded.reshape(batch, *output.shape).astype(np.float32, copy=True)
 
     def denoise(
         self, sample: np.ndarray, lr_latent: np.ndarray, timesteps: np.ndarray, alphas: np.ndarray
@@ -175,7 +183,8 @@ class TensorRTRuntime:
         """Every DDIM step of the ``unet_step`` engine enqueued at once: one upload, one download, one sync.
 
         The sample ping-pongs between the engine's input and output buffers; each step's timestep and alphas
-        were uploaded beforehand, one per 256-byte slot because TensorRT wants aligned tensor addresses.
+        were uploaded beforehand, one per 256-byte slot because TensorRT wants aligned tensor addresses, the
+        slot holding the value once per batch item (the graph takes them with shape (batch,)).
         """
         if "unet_step" not in self._engines:
             raise ValueError("this model has no unet_step component: export it with step_graph to loop on the GPU")
@@ -185,21 +194,19 @@ class TensorRTRuntime:
     def _denoise(
         self, engine: _Engine, sample: np.ndarray, lr_latent: np.ndarray, timesteps: np.ndarray, alphas: np.ndarray
     ) -> np.ndarray:
-        if sample.shape[0] != 1:
-            raise ValueError(f"the on-GPU loop runs batch 1, got {sample.shape[0]}")
+        batch = _batch_of(engine, "unet_step", (sample, lr_latent))
         tensors, stream, steps = engine.buffers.tensors, self._stream, len(timesteps)
-        slot = SCALAR_ALIGNMENT // 4
-        schedule = np.zeros((3, steps, slot), np.float32)  # rows: timestep, alpha_t, alpha_prev
-        schedule[0, :, 0], schedule[1, :, 0], schedule[2, :, 0] = timesteps, alphas[:, 0], alphas[:, 1]
+        rows = np.stack([timesteps, alphas[:, 0], alphas[:, 1]]).astype(np.float32)  # timestep, alpha_t, alpha_prev
+        schedule = np.repeat(rows[:, :, None], SLOT_VALUES, axis=2)
         scalars = cuda_call("allocating the step schedule", cuda.mem_alloc, schedule.nbytes)
         try:
             cuda_call("copying the step schedule to the GPU", cuda.memcpy_htod_async, scalars, schedule, stream)
             for name, values in (("sample", sample), ("lr_latent", lr_latent)):
-                tensor = tensors[name]
-                tensor.host[: values.size] = np.ascontiguousarray(values, dtype=np.float32).ravel()
-                cuda_call(f"copying {name} to the GPU", cuda.memcpy_htod_async, tensor.device, tensor.host, stream)
+                used = tensors[name].host[: values.size]
+                used[:] = np.ascontiguousarray(values, dtype=np.float32).ravel()
+                cuda_call(f"copying {name} to the GPU", cuda.memcpy_htod_async, tensors[name].device, used, stream)
             for name in ("sample", "timestep", "lr_latent", "alpha_t", "alpha_prev"):
-                _set_input_shape(engine, name, (1, *tensors[name].shape))
+                _set_input_shape(engine, name, (batch, *tensors[name].shape))
             buffers = [int(tensors["sample"].device), int(tensors["next_sample"].device)]
             self._started.record(stream)
             for step in range(steps):
@@ -213,12 +220,13 @@ class TensorRTRuntime:
                 _enqueue(engine, f"unet_step {step}", addresses, stream)
             self._finished.record(stream)
             final = tensors["sample"] if steps % 2 == 0 else tensors["next_sample"]
-            cuda_call("copying the sample from the GPU", cuda.memcpy_dtoh_async, final.host, final.device, stream)
+            downloaded = final.host[: sample.size]
+            cuda_call("copying the sample from the GPU", cuda.memcpy_dtoh_async, downloaded, final.device, stream)
             cuda_call("running the denoising loop", stream.synchronize)
         finally:
             scalars.free()
         self.last_gpu_seconds["denoise"] = self._finished.time_since(self._started) / 1000.0
-        return final.host[: sample.size].reshape(sample.shape).astype(np.float32, copy=True)
+        return downloaded.reshape(sample.shape).astype(np.float32, copy=True)
 
     def close(self) -> None:
         self._context.push()
@@ -243,8 +251,23 @@ def _enqueue(engine: _Engine, what: str, addresses: dict[str, int], stream: Any)
         raise RuntimeError(f"TensorRT failed to enqueue {what}")
 
 
+def _batch_of(engine: _Engine, what: str, inputs: Iterable[np.ndarray]) -> int:
+    """The one batch size of ``inputs``, within the engine's 1..max_batch (its profile and its buffers)."""
+    batches = {values.shape[0] for values in inputs}
+    if len(batches) != 1:
+        raise ValueError(f"{what}: inputs of different batch sizes {sorted(batches)}")
+    (batch,) = batches
+    if not 1 <= batch <= engine.max_batch:
+        raise ValueError(f"{what}: batch {batch} is outside the engine's 1..{engine.max_batch}")
+    return batch
+
+
 def _set_input_shape(engine: _Engine, name: str, shape: tuple[int, ...]) -> None:
+    # TensorRT answers False (and logs) for a shape outside the optimisation profile; running on would
+    # fail later, or worse, read the previous shape.
     if hasattr(engine.context, "set_input_shape"):
-        engine.context.set_input_shape(name, shape)
+        accepted = engine.context.set_input_shape(name, shape)
     else:
-        engine.context.set_binding_shape(engine.names.index(name), shape)
+        accepted = engine.context.set_binding_shape(engine.names.index(name), shape)
+    if not accepted:
+        raise RuntimeError(f"TensorRT refused input shape {shape} for {name} (outside the engine's profile?)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.manifest import Manifest, Precision, load_manifest
+from service.manifest import MAX_SAMPLES, Manifest, Precision, load_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def build_all(
     requested: Precision,
     device: Device,
     workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-    max_batch: int = 1,
+    max_batch: int = MAX_SAMPLES,
 ) -> tuple[dict[str, bytes], list[BuildReport]]:
     """Every component's serialized engine, loaded from ``cache_dir`` or built into it.
 

@@ -1,20 +1,26 @@
 """Stand-ins for ``tensorrt`` and ``pycuda.driver`` on a CPU, so service/runtimes/tensorrt.py's plumbing runs here.
 
-"Device memory" is one flat byte array addressed by integers; an "engine" is the ONNX file's bytes (the test
-replaces trt_build.build_engine) run by ONNX Runtime on whatever the execution context's addresses point at.
-This checks buffers, addresses, shapes and the on-GPU loop's ping-pong, not TensorRT itself: the GPU tests do.
+"Device memory" is one flat byte array addressed by integers, every copy and every tensor read or written
+checked to lie inside one live allocation (a real GPU would corrupt its neighbour, or fault); an "engine"
+is the ONNX file's bytes behind a header holding its profile's max batch (``build_engine`` here replaces
+trt_build's), run by ONNX Runtime on whatever the execution context's addresses point at, and an input
+shape outside the profile is refused as TensorRT refuses it, by answering False. This checks buffers,
+addresses, shapes, batches and the on-GPU loop's ping-pong, not TensorRT itself: the GPU tests do.
 """
 
 from __future__ import annotations
 
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-MEMORY = np.zeros(64 << 20, np.uint8)
+MEMORY = np.zeros(256 << 20, np.uint8)  # untouched pages cost nothing; allocations are never reused
 _next_free = [4096]  # address 0 stays invalid, as on a GPU
+_live: dict[int, int] = {}  # address → bytes of each allocation not yet freed
+PLAN_MAGIC = b"FAKEPLAN"
 
 
 class Error(Exception):
@@ -27,26 +33,35 @@ class DeviceAllocation:
         _next_free[0] += (nbytes + 255) // 256 * 256  # cudaMalloc's 256-byte alignment
         if _next_free[0] > MEMORY.size:
             raise Error("out of fake device memory")
+        _live[self.address] = nbytes
         self.freed = False
 
     def __int__(self) -> int:
         return self.address
 
     def free(self) -> None:
+        _live.pop(self.address, None)
         self.freed = True
 
 
+def _bytes_at(address: int, nbytes: int) -> np.ndarray:
+    """MEMORY[address : address + nbytes], refused unless the span lies inside one live allocation."""
+    if not any(start <= address and address + nbytes <= start + size for start, size in _live.items()):
+        raise Error(f"{nbytes} bytes at {address} are not inside one live allocation")
+    return MEMORY[address : address + nbytes]
+
+
 def _view(address: int, dtype: np.dtype, count: int) -> np.ndarray:
-    return MEMORY[address : address + count * dtype.itemsize].view(dtype)
+    return _bytes_at(address, count * dtype.itemsize).view(dtype)
 
 
 def memcpy_htod_async(device: DeviceAllocation, host: np.ndarray, stream: Any) -> None:
     flat = np.ascontiguousarray(host).reshape(-1).view(np.uint8)
-    MEMORY[int(device) : int(device) + flat.size] = flat
+    _bytes_at(int(device), flat.size)[:] = flat
 
 
 def memcpy_dtoh_async(host: np.ndarray, device: DeviceAllocation, stream: Any) -> None:
-    host.reshape(-1).view(np.uint8)[:] = MEMORY[int(device) : int(device) + host.nbytes]
+    host.reshape(-1).view(np.uint8)[:] = _bytes_at(int(device), host.nbytes)
 
 
 class _Context:
@@ -99,9 +114,19 @@ class _ExecutionContext:
     def __init__(self, engine: _Engine) -> None:
         self.engine, self.shapes, self.addresses = engine, {}, {}
         self.runs = 0
+        self.batches: list[int] = []  # the batch of every input shape set, in order
 
-    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
-        self.shapes[name] = tuple(shape)
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        """False, as TensorRT answers, for a shape outside the profile: batch 1..max_batch, the rest fixed."""
+        (spec,) = [spec for spec in self.engine.session.get_inputs() if spec.name == name]
+        fits = len(shape) == len(spec.shape) and all(
+            size == expected if isinstance(expected, int) else 1 <= size <= self.engine.max_batch
+            for size, expected in zip(shape, spec.shape, strict=True)
+        )
+        if fits:
+            self.shapes[name] = tuple(shape)
+            self.batches.append(shape[0])
+        return fits
 
     def set_tensor_address(self, name: str, address: int) -> None:
         assert address % 256 == 0, f"{name} at {address} is not 256-byte aligned"
@@ -121,9 +146,17 @@ class _ExecutionContext:
         return True
 
 
+def build_engine(onnx_path: Path, precision: str, max_batch: int, *_: Any) -> bytes:
+    """Stands in for trt_build.build_engine: the "plan" is the ONNX file behind its profile's max batch."""
+    return PLAN_MAGIC + max_batch.to_bytes(2, "little") + Path(onnx_path).read_bytes()
+
+
 class _Engine:
     def __init__(self, serialized: bytes) -> None:
-        self.session = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"])
+        assert serialized.startswith(PLAN_MAGIC), "not a plan from fake_tensorrt.build_engine"
+        header = len(PLAN_MAGIC)
+        self.max_batch = int.from_bytes(serialized[header : header + 2], "little")
+        self.session = ort.InferenceSession(serialized[header + 2 :], providers=["CPUExecutionProvider"])
         self.tensors = [(spec, True) for spec in self.session.get_inputs()]
         self.tensors += [(spec, False) for spec in self.session.get_outputs()]
         self.contexts: list[_ExecutionContext] = []

@@ -23,6 +23,7 @@ from PIL import Image
 from service.app import create_app
 from service.concurrency import Admission
 from service.engine import load_pipeline
+from service.manifest import read_manifest, write_manifest
 from service.settings import Settings
 
 STAGES = ["decode", "encode", "denoise", "vae_decode", "png", "total"]
@@ -139,7 +140,7 @@ def test_a_pipeline_bug_is_a_logged_500_and_the_server_carries_on(
         response = client.post("/upscale", params={"seed": 5}, content=lr_png, headers={"content-type": "image/png"})
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error while upscaling; the server log has the details"}
-    assert "upscale failed: steps=4 seed=5 content-type=image/png" in caplog.text
+    assert "upscale failed: steps=4 seed=5 samples=1 content-type=image/png" in caplog.text
     assert "onnxruntime exploded" in caplog.text  # the traceback is logged
     monkeypatch.undo()
     assert client.post("/upscale", content=lr_png, headers={"content-type": "image/png"}).status_code == 200
@@ -180,6 +181,28 @@ def test_a_manifest_of_another_precision_stops_start_up(tiny_engine_dir: Path, t
         pass
 
 
+def test_without_samples_the_manifests_default_samples_are_averaged(
+    tiny_engine_dir: Path, tmp_path: Path, lr_png: bytes
+) -> None:
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_engine_dir, model_dir)
+    manifest = read_manifest(model_dir)
+    sampler = manifest.sampler.model_copy(update={"default_samples": 3})
+    write_manifest(manifest.model_copy(update={"sampler": sampler}), model_dir)
+    headers = {"content-type": "image/png", "accept": "application/json"}
+
+    def post(client: TestClient, **params: int) -> httpx.Response:
+        return client.post("/upscale", params={"seed": 2, "steps": 2, **params}, content=lr_png, headers=headers)
+
+    with TestClient(create_app(Settings(engines_dir=tmp_path, model="tiny"))) as client:
+        default, explicit, one = post(client), post(client, samples=3), post(client, samples=1)
+    assert default.status_code == 200, default.text
+    assert default.headers["x-samples"] == "3" and default.json()["samples"] == 3
+    assert default.json()["uncertainty_png_base64"] is not None
+    assert default.json()["image_png_base64"] == explicit.json()["image_png_base64"]
+    assert one.headers["x-samples"] == "1" and one.json()["uncertainty_png_base64"] is None
+
+
 def test_beyond_the_queue_it_answers_503_with_retry_after(engine_settings: Settings, lr_png: bytes) -> None:
     app = create_app(engine_settings)
     pipeline = load_pipeline(engine_settings, warm_up=False)
@@ -218,4 +241,4 @@ def test_openapi_documents_the_upscale_body(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     upscale = client.get("/openapi.json").json()["paths"]["/upscale"]["post"]
     assert set(upscale["requestBody"]["content"]) == {"image/png", "application/dicom", "multipart/form-data"}
-    assert {parameter["name"] for parameter in upscale["parameters"]} == {"steps", "seed"}
+    assert {parameter["name"] for parameter in upscale["parameters"]} == {"steps", "seed", "samples"}

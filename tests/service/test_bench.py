@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from service.bench import markdown, run_bench
+from service.cli import main
+from service.pipeline import SRPipeline, UpscaleResult
 
 
 def test_bench_measures_in_process_http_and_torch_in_one_run(tiny_engine_dir: Path, tiny_checkpoint: Path) -> None:
@@ -27,3 +31,27 @@ def test_bench_measures_in_process_http_and_torch_in_one_run(tiny_engine_dir: Pa
     assert "Command: `xraysr bench --steps 2 --runs 3`" in report
     assert "| ONNX Runtime, in-process, fp32 | denoise |" in report
     assert "| 1.00× |" in report
+
+
+def test_bench_samples_runs_every_request_with_k_samples(
+    tiny_engine_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requested: list[int] = []
+    real_upscale = SRPipeline.upscale
+
+    def spy(self: SRPipeline, *args: Any, **kwargs: Any) -> UpscaleResult:
+        result = real_upscale(self, *args, **kwargs)
+        requested.append(result.samples)
+        return result
+
+    monkeypatch.setattr(SRPipeline, "upscale", spy)
+    image = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    series = run_bench(tiny_engine_dir.parent, tiny_engine_dir.name, image, steps=2, runs=2, http=False, samples=4)
+    assert requested == [4, 4, 4]  # the warm-up at the measured batch, then the runs
+    report = markdown(series, "xraysr bench --samples 4", steps=2, runs=2, samples=4)
+    assert "— 2 steps, 4 samples averaged per request, 2 runs each" in report
+
+
+def test_bench_refuses_samples_it_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--samples", "9", "--no-http"]) == 2
+    assert capsys.readouterr().err == "xraysr bench: error: --samples must be between 1 and 8, got 9\n"

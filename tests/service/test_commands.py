@@ -16,12 +16,20 @@ from PIL import Image
 from service.cli import main
 from service.engine import load_pipeline
 from service.settings import Settings
+from service.uncertainty import uncertainty_levels
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _model_flags(settings: Settings) -> list[str]:
     return ["--engines-dir", str(settings.engines_dir), "--model", settings.model, "--threads", "1"]
+
+
+def _folder_of(paths: list[Path], folder: Path) -> Path:
+    folder.mkdir()
+    for path in paths:
+        shutil.copy(path, folder / path.name)
+    return folder
 
 
 def test_upscale_one_file_matches_the_pipeline(
@@ -41,10 +49,7 @@ def test_upscale_one_file_matches_the_pipeline(
 def test_upscale_a_folder_carries_on_past_a_bad_file_and_fails_at_the_end(
     engine_settings: Settings, lr_png_paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for path in lr_png_paths[:2]:
-        shutil.copy(path, inputs / path.name)
+    inputs = _folder_of(lr_png_paths[:2], tmp_path / "in")
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((96, 128), np.uint8)).save(buffer, format="PNG")
     (inputs / "a_wrong_size.png").write_bytes(buffer.getvalue())
@@ -64,6 +69,63 @@ def test_upscale_refuses_steps_outside_the_manifest_range(
     argv = ["upscale", str(lr_png_paths[0]), "-o", str(tmp_path / "sr.png"), "--steps", "99"]
     assert main(argv + _model_flags(engine_settings)) == 2
     assert capsys.readouterr().err == "xraysr upscale: error: --steps must be between 2 and 50, got 99\n"
+
+
+def test_upscale_with_samples_writes_their_mean_and_uncertainty_map(
+    engine_settings: Settings, lr_png_paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output, spread = tmp_path / "sr.png", tmp_path / "maps" / "spread.png"
+    argv = ["upscale", str(lr_png_paths[0]), "-o", str(output), "--steps", "2", "--seed", "3", "--samples", "3"]
+    assert main([*argv, "--uncertainty", str(spread), *_model_flags(engine_settings)]) == 0
+    lr = np.asarray(Image.open(lr_png_paths[0]))
+    expected = load_pipeline(engine_settings, warm_up=False).upscale(lr, steps=2, seed=3, samples=3)
+    assert expected.uncertainty is not None
+    np.testing.assert_array_equal(np.asarray(Image.open(output)), expected.image)
+    np.testing.assert_array_equal(np.asarray(Image.open(spread)), uncertainty_levels(expected.uncertainty))
+    out = capsys.readouterr().out
+    assert f"{output} (2 steps, mean of 3 samples (seeds 3…5), uncertainty " in out
+
+
+def test_upscale_a_folder_with_samples(
+    engine_settings: Settings, lr_png_paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = _folder_of(lr_png_paths[:2], tmp_path / "in")
+    argv = ["upscale", str(inputs), "-o", str(tmp_path / "out"), "--steps", "2", "--samples", "2"]
+    assert main(argv + _model_flags(engine_settings)) == 0
+    pipeline = load_pipeline(engine_settings, warm_up=False)
+    for path in lr_png_paths[:2]:
+        expected = pipeline.upscale(np.asarray(Image.open(path)), steps=2, seed=0, samples=2).image
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / path.name)), expected)
+    assert "upscaled 2 of 2 files" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--samples", "9"], "--samples must be between 1 and 8, got 9"),
+        (["--samples", "0"], "--samples must be between 1 and 8, got 0"),
+        (["--uncertainty", "{tmp}/u.png"], "--uncertainty needs --samples 2 or more: one sample has no spread"),
+    ],
+)
+def test_upscale_refuses_samples_it_cannot_run(
+    engine_settings: Settings,
+    lr_png_paths: list[Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    argv = ["upscale", str(lr_png_paths[0]), "-o", str(tmp_path / "sr.png")]
+    argv += [flag.format(tmp=tmp_path) for flag in flags]
+    assert main(argv + _model_flags(engine_settings)) == 2
+    assert capsys.readouterr().err == f"xraysr upscale: error: {message}\n"
+    assert not (tmp_path / "sr.png").exists()
+
+
+def test_uncertainty_for_a_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["upscale", str(tmp_path), "-o", str(tmp_path / "out"), "--samples", "2", "--uncertainty", "u.png"]
+    assert main(argv) == 2
+    assert "--uncertainty writes one map: give one input file, not a folder" in capsys.readouterr().err
 
 
 def test_serve_with_a_bad_setting_exits_with_one_clear_line(tiny_engine_dir: Path) -> None:

@@ -140,6 +140,49 @@ def test_every_bad_input_is_a_4xx_with_a_detail(
     assert _png_image(server.upscale(lr_png, params={"seed": 1, "steps": 2})).size == (256, 256)
 
 
+def test_samples_average_and_report_their_spread(server: Server, lr_png: bytes) -> None:
+    as_json = {"accept": "application/json"}
+    four = server.upscale(lr_png, params={"seed": 7, "steps": 2, "samples": 4}, headers=as_json)
+    assert four.status_code == 200, four.text
+    assert four.headers["x-samples"] == "4" and four.headers["x-seed"] == "7"
+    body = four.json()
+    assert (body["samples"], body["seed"], body["uncertainty_scale"]) == (4, 7, 0.25)
+    spread = Image.open(io.BytesIO(base64.b64decode(body["uncertainty_png_base64"])))
+    assert (spread.size, spread.mode) == ((256, 256), "L")
+    levels = np.asarray(spread)
+    assert levels.max() > 0 and body["uncertainty_mean"] > 0
+    # The PNG holds round(std / scale), clipped at 255: its mean, rescaled, cannot exceed the reported mean by
+    # more than half a level.
+    assert levels.mean() * body["uncertainty_scale"] <= body["uncertainty_mean"] + 0.125
+
+    one = server.upscale(lr_png, params={"seed": 7, "steps": 2, "samples": 1})
+    default = server.upscale(lr_png, params={"seed": 7, "steps": 2})
+    assert one.headers["x-samples"] == default.headers["x-samples"] == "1"
+    assert _png_image(one).size == (256, 256) and one.content == default.content  # the tiny model's default is 1
+    assert base64.b64decode(body["image_png_base64"]) != one.content  # a mean of four is not the first sample
+    one_json = server.upscale(lr_png, params={"seed": 7, "steps": 2, "samples": 1}, headers=as_json).json()
+    assert one_json["samples"] == 1
+    assert [one_json[key] for key in ("uncertainty_png_base64", "uncertainty_scale", "uncertainty_mean")] == [None] * 3
+    assert base64.b64decode(one_json["image_png_base64"]) == one.content
+
+
+@pytest.mark.parametrize(
+    ("samples", "fragments"),
+    [
+        (0, ["samples must be between 1 and 8, got 0"]),
+        (9, ["samples must be between 1 and 8, got 9"]),
+        ("abc", ["samples", "valid integer"]),
+    ],
+)
+def test_samples_outside_1_to_8_or_not_integers_are_422(
+    server: Server, lr_png: bytes, samples: object, fragments: list[str]
+) -> None:
+    response = server.upscale(lr_png, params={"samples": samples, "steps": 2})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert all(fragment in detail for fragment in fragments), detail
+
+
 def test_metrics_count_exactly_the_requests_made(server: Server) -> None:
     """Runs last in this module: it compares the server's counters with every /upscale made above."""
     response = server.http.get("/metrics")

@@ -61,6 +61,8 @@ def test_a_missing_file_is_refused(engine_copy: Path) -> None:
         (lambda raw: raw["sampler"].update(default_steps=99), "min_steps <= default_steps <= max_steps"),
         (lambda raw: raw["components"]["unet"].update(path="../unet.onnx"), "components.unet.path"),
         (lambda raw: raw.update(precision="int4"), "precision"),
+        (lambda raw: raw["sampler"].update(default_samples=9), "sampler.default_samples: .*less than or equal to 8"),
+        (lambda raw: raw["sampler"].update(default_samples=0), "sampler.default_samples: .*greater than or equal to 1"),
     ],
 )
 def test_a_manifest_it_does_not_understand_is_refused(engine_copy: Path, change, message: str) -> None:
@@ -98,3 +100,18 @@ def test_writing_through_a_symlinked_folder_leaves_the_original_alone(engine_cop
     write_manifest(read_manifest(linked).model_copy(update={"version": "edited"}), linked)
     assert (engine_copy / "manifest.json").read_text() == original
     assert read_manifest(linked).version == "edited" and not (linked / "manifest.json").is_symlink()
+
+
+def test_default_samples_is_optional_and_one_when_absent(engine_copy: Path) -> None:
+    _edit(engine_copy, lambda raw: raw["sampler"].pop("default_samples", None))
+    assert "default_samples" not in (engine_copy / "manifest.json").read_text()
+    assert read_manifest(engine_copy).sampler.default_samples == 1
+    _edit(engine_copy, lambda raw: raw["sampler"].update(default_samples=8))
+    assert read_manifest(engine_copy).sampler.default_samples == 8
+
+
+def test_the_shipped_manifests_predate_default_samples_and_still_verify() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
+    for precision in ("fp32", "int8"):
+        assert "default_samples" not in (shipped / manifest_name(precision)).read_text()
+        assert load_manifest(shipped, precision).sampler.default_samples == 1  # checksums included

@@ -1,15 +1,17 @@
-"""service/pipeline.py: stage timings, including the device times a GPU runtime reports."""
+"""service/pipeline.py: stage timings (with the device times a GPU runtime reports), and samples=K batches."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from service.api.upscale import server_timing
-from service.manifest import load_manifest
-from service.pipeline import SRPipeline
+from service.manifest import Manifest, load_manifest
+from service.pipeline import SRPipeline, to_pixels
 from service.runtimes import load_runtime
+from service.sampler import SEED_MAX
 
 
 class _DeviceTimedRuntime:
@@ -38,3 +40,91 @@ def test_device_times_are_reported_beside_host_times(tiny_engine_dir: Path) -> N
     assert timed.stage_seconds["vae_decode_gpu"] == 0.002
     header = server_timing({"decode": 1.0, "denoise": 20.0, "denoise_gpu": 6.0})
     assert header == "decode;dur=1.000, denoise;dur=20.000, denoise_gpu;dur=6.000"
+
+
+class _RecordingRuntime:
+    """ONNX Runtime that records each run's component and input shapes, and keeps the decoder's outputs."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.backend = inner, "recording"
+        self.calls: list[tuple[str, dict[str, tuple[int, ...]]]] = []
+        self.decoded: list[np.ndarray] = []
+
+    def run(self, component: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        self.calls.append((component, {name: values.shape for name, values in inputs.items()}))
+        output = self.inner.run(component, inputs)
+        if component == "decoder":
+            self.decoded.append(output[:, 0])
+        return output
+
+
+@pytest.fixture(scope="module")
+def recording(tiny_engine_dir: Path) -> tuple[Manifest, _RecordingRuntime]:
+    manifest = load_manifest(tiny_engine_dir)
+    return manifest, _RecordingRuntime(load_runtime("onnxruntime", manifest, tiny_engine_dir, threads=1))
+
+
+LR = np.add.outer(np.arange(64), np.arange(64)[::-1]).astype(np.uint8)
+
+
+def test_k_samples_run_the_encoder_once_and_the_loop_and_decoder_as_one_batch(
+    recording: tuple[Manifest, _RecordingRuntime],
+) -> None:
+    manifest, runtime = recording
+    runtime.calls.clear()
+    result = SRPipeline(manifest, runtime).upscale(LR, steps=3, seed=11, samples=4)
+    assert [component for component, _ in runtime.calls] == ["encoder", "unet", "unet", "unet", "decoder"]
+    (encoder_input,) = runtime.calls[0][1].values()
+    assert encoder_input == (1, 1, 64, 64)
+    noisy, timestep, condition = (spec.name for spec in manifest.components["unet"].inputs)
+    for _, shapes in runtime.calls[1:4]:
+        assert shapes[timestep] == (4,)
+        assert shapes[noisy][0] == shapes[condition][0] == 4
+    (decoder_input,) = runtime.calls[4][1].values()
+    assert decoder_input[0] == 4
+    assert (result.samples, result.seed, result.steps) == (4, 11, 3)
+    assert result.image.shape == (256, 256) and result.image.dtype == np.uint8
+
+
+def test_the_mean_of_identical_samples_is_exactly_one_run(recording: tuple[Manifest, _RecordingRuntime]) -> None:
+    manifest, runtime = recording
+    pipeline = SRPipeline(manifest, runtime)
+    single = pipeline.upscale(LR, steps=3, seed=5)
+    repeated = pipeline.upscale_seeds(LR, steps=3, seeds=[5, 5, 5])
+    assert single.uncertainty is None and single.samples == 1
+    np.testing.assert_array_equal(repeated.image, single.image)
+    assert repeated.uncertainty is not None and repeated.samples == 3
+    assert float(repeated.uncertainty.max()) < 1e-3  # the same noise thrice: no spread to speak of
+
+
+def test_sample_k_is_the_one_sample_request_with_seed_plus_k(recording: tuple[Manifest, _RecordingRuntime]) -> None:
+    manifest, runtime = recording
+    pipeline = SRPipeline(manifest, runtime)
+    runtime.decoded.clear()
+    first = SEED_MAX - 1  # the seeds wrap: SEED_MAX - 1, SEED_MAX, 0
+    result = pipeline.upscale(LR, steps=3, seed=first, samples=3)
+    (batched,) = runtime.decoded
+    singles = []
+    for seed in (SEED_MAX - 1, SEED_MAX, 0):
+        runtime.decoded.clear()
+        pipeline.upscale(LR, steps=3, seed=seed)
+        singles.append(runtime.decoded[0][0])
+    np.testing.assert_allclose(batched, np.stack(singles), atol=1e-5)
+    expected_mean = to_pixels(np.mean(singles, axis=0)).astype(int)
+    assert np.abs(result.image.astype(int) - expected_mean).max() <= 1
+    assert result.uncertainty is not None and result.uncertainty.dtype == np.float32
+    expected_spread = (np.clip(np.stack(singles), -1, 1).astype(np.float64) * 127.5).std(axis=0)
+    np.testing.assert_allclose(result.uncertainty, expected_spread, atol=1e-2)
+    assert float(result.uncertainty.mean()) > 0.01  # different noises, different samples
+
+
+@pytest.mark.parametrize("samples", [0, 9, -1])
+def test_samples_outside_1_to_8_are_refused(recording: tuple[Manifest, _RecordingRuntime], samples: int) -> None:
+    manifest, runtime = recording
+    pipeline = SRPipeline(manifest, runtime)
+    runtime.calls.clear()
+    with pytest.raises(ValueError, match=f"^samples must be between 1 and 8, got {samples}$"):
+        pipeline.upscale(LR, steps=3, seed=0, samples=samples)
+    with pytest.raises(ValueError, match="samples must be between 1 and 8, got 0"):
+        pipeline.upscale_seeds(LR, steps=3, seeds=[])
+    assert runtime.calls == []  # refused before any inference

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.manifest import SamplerSpec
-from service.sampler import DDIMSampler, initial_noise
+from service.sampler import SEED_MAX, DDIMSampler, initial_noise, sample_seeds
 
 torch = pytest.importorskip("torch", reason="the reference scheduler comes with the train extra")
 diffusers = pytest.importorskip("diffusers", reason="the reference scheduler comes with the train extra")
@@ -73,3 +73,9 @@ def test_initial_noise_is_seeded() -> None:
     assert np.array_equal(initial_noise((2, 3), 5), initial_noise((2, 3), 5))
     assert not np.array_equal(initial_noise((2, 3), 5), initial_noise((2, 3), 6))
     assert initial_noise((2, 3), 5).dtype == np.float32
+
+
+def test_sample_seeds_count_up_from_the_seed_and_wrap_past_the_largest() -> None:
+    assert sample_seeds(5, 1) == [5]
+    assert sample_seeds(5, 4) == [5, 6, 7, 8]
+    assert sample_seeds(SEED_MAX - 1, 3) == [SEED_MAX - 1, SEED_MAX, 0]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.cli import main
-from service.manifest import Manifest, load_manifest, write_manifest
+from service.manifest import MAX_SAMPLES, Manifest, load_manifest, write_manifest
 from service.pipeline import SRPipeline
 from service.runtimes import DeviceLoop, load_runtime
 from service.runtimes.onnxruntime import OnnxRuntime
@@ -197,7 +197,8 @@ def test_build_all_keys_each_component_by_its_onnx_checksum(
     monkeypatch.setattr("service.runtimes.trt_build.build_engine", fake_build)
     engines, reports = build_all(DEFAULT_MODEL, tmp_path, "fp16", ORIN, workspace_mib=256)
     assert engines == {name: f"{name}.onnx".encode() for name in ("encoder", "unet", "decoder")}
-    assert built == [(f"{name}.onnx", "fp16", 1, 256) for name in ("encoder", "unet", "decoder")]
+    # The default max batch is MAX_SAMPLES, the same as the runtime's: serve loads what build-engines built.
+    assert built == [(f"{name}.onnx", "fp16", MAX_SAMPLES, 256) for name in ("encoder", "unet", "decoder")]
     assert [(report.component, report.action) for report in reports] == [
         ("encoder", "built"),
         ("unet", "built"),
@@ -281,7 +282,7 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[o
     monkeypatch.setitem(sys.modules, "pycuda", pycuda)
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
     monkeypatch.setitem(sys.modules, "tensorrt", fakes.make_tensorrt())
-    monkeypatch.setattr("service.runtimes.trt_build.build_engine", lambda onnx_path, *_: Path(onnx_path).read_bytes())
+    monkeypatch.setattr("service.runtimes.trt_build.build_engine", fakes.build_engine)
     sys.modules.pop("service.runtimes.tensorrt", None)
     yield importlib.import_module("service.runtimes.tensorrt")
     sys.modules.pop("service.runtimes.tensorrt", None)  # later tests must not see the stand-ins
@@ -335,6 +336,64 @@ def test_the_denoising_loop_stays_on_the_device(
     step_engine = runtime._engines["unet_step"]  # type: ignore[attr-defined]
     assert step_engine.context.runs == 9 and runtime._engines["unet"].context.runs == 0  # type: ignore[attr-defined]
     assert "denoise" in runtime.last_gpu_seconds  # type: ignore[attr-defined]
+
+
+def test_the_runtime_runs_k_samples_as_one_batch(fake_tensorrt: object, tiny_engine_dir: Path, tmp_path: Path) -> None:
+    manifest = load_manifest(tiny_engine_dir)
+    runtime = load_runtime("tensorrt", manifest, tiny_engine_dir, trt_cache_dir=tmp_path / "cache")
+    reference = SRPipeline(manifest, OnnxRuntime(manifest, tiny_engine_dir, threads=1))
+    lr = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    try:
+        # The largest batch, then a single sample: a smaller batch after a larger one reads only its own part.
+        for samples in (MAX_SAMPLES, 1):
+            actual = SRPipeline(manifest, runtime).upscale(lr, steps=3, seed=4, samples=samples)
+            expected = reference.upscale(lr, steps=3, seed=4, samples=samples)
+            assert np.abs(actual.image.astype(int) - expected.image.astype(int)).max() <= 1
+            if samples > 1:
+                assert actual.uncertainty is not None and expected.uncertainty is not None
+                np.testing.assert_allclose(actual.uncertainty, expected.uncertainty, atol=0.05)
+        engines = runtime._engines  # type: ignore[attr-defined]
+        assert engines["encoder"].context.batches == [1, 1]  # the encoder runs once per request, whatever K
+        assert engines["unet"].context.batches == [MAX_SAMPLES] * 9 + [1] * 9  # 3 inputs × 3 steps per request
+        assert engines["decoder"].context.batches == [MAX_SAMPLES, 1]
+    finally:
+        runtime.close()  # type: ignore[attr-defined]
+
+
+def test_the_device_loop_runs_k_samples_as_one_batch(
+    fake_tensorrt: object, tiny_step_engine_dir: Path, tmp_path: Path
+) -> None:
+    manifest = load_manifest(tiny_step_engine_dir)
+    runtime = load_runtime("tensorrt", manifest, tiny_step_engine_dir, trt_cache_dir=tmp_path / "cache")
+    reference = SRPipeline(manifest, OnnxRuntime(manifest, tiny_step_engine_dir, threads=1))
+    lr = np.add.outer(np.arange(64), np.arange(64)[::-1]).astype(np.uint8)
+    for steps in (4, 5):  # each sample's timestep and alphas are read from its own place in the slot
+        actual = SRPipeline(manifest, runtime).upscale(lr, steps=steps, seed=3, samples=3)
+        expected = reference.upscale(lr, steps=steps, seed=3, samples=3)
+        assert np.abs(actual.image.astype(int) - expected.image.astype(int)).max() <= 1
+        assert actual.uncertainty is not None and expected.uncertainty is not None
+        np.testing.assert_allclose(actual.uncertainty, expected.uncertainty, atol=0.5)
+    step_engine = runtime._engines["unet_step"]  # type: ignore[attr-defined]
+    assert step_engine.context.runs == 9 and set(step_engine.context.batches) == {3}
+
+
+def test_a_batch_beyond_the_engines_max_is_refused(fake_tensorrt, tiny_engine_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    manifest = load_manifest(tiny_engine_dir)
+    with pytest.raises(ValueError, match="max batch must be between 1 and 64, got 65"):
+        fake_tensorrt.TensorRTRuntime(manifest, tiny_engine_dir, cache_dir=tmp_path, max_batch=65)
+    runtime = fake_tensorrt.TensorRTRuntime(manifest, tiny_engine_dir, cache_dir=tmp_path, max_batch=2)
+    lr = np.zeros((64, 64), np.uint8)
+    try:
+        with pytest.raises(ValueError, match="unet: batch 3 is outside the engine's 1..2"):
+            SRPipeline(manifest, runtime).upscale(lr, steps=2, seed=0, samples=3)
+        # Past the runtime's own check, TensorRT refuses a shape outside the profile, and the runtime raises.
+        unet = runtime._engines["unet"]
+        shape = (3, *unet.buffers.tensors["noisy_latent"].shape)
+        with pytest.raises(RuntimeError, match=r"TensorRT refused input shape \(3, .*\) for noisy_latent"):
+            fake_tensorrt._set_input_shape(unet, "noisy_latent", shape)
+        assert SRPipeline(manifest, runtime).upscale(lr, steps=2, seed=0, samples=2).samples == 2
+    finally:
+        runtime.close()
 
 
 # --- on a GPU -------------------------------------------------------------------------------------------------

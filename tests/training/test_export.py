@@ -85,7 +85,24 @@ def test_evaluate_served_scores_the_engines_through_a_real_server(
     report = evaluate_served(tiny_engine_dir.parent, tiny_engine_dir.name, tiny_cxr_root, "test", tmp_path,
                              steps=2, seed=0)
     assert report["settings"]["images"] == 2 and report["settings"]["model_version"] == "tiny-test"
+    assert report["settings"]["degradation"] == "cubic" and report["settings"]["samples"] == 1
+    summary = report["summary"]["all"]
     dataset_bicubic = [r["psnr_bicubic"] for r in report["per_image"]]
-    assert report["summary"]["bicubic"]["psnr"]["mean"] == pytest.approx(np.mean(dataset_bicubic))
-    assert all("denoise;dur=" in r["server_timing"] for r in report["per_image"])
+    assert summary["bicubic"]["psnr"]["mean"] == pytest.approx(np.mean(dataset_bicubic))
+    wins = np.mean([r["psnr_model"] > r["psnr_bicubic"] for r in report["per_image"]])
+    assert summary["vs_bicubic"]["wins_psnr"] == pytest.approx(wins)
+    assert summary["spearman_uncertainty"] is None  # one sample has no uncertainty map
+    assert all(r["stage_ms"]["denoise"] > 0 for r in report["per_image"])
     assert (tmp_path / "served_report.json").is_file()
+    assert "| all | 2 |" in (tmp_path / "served_report.md").read_text()
+
+    # An antialiased LR is made from HR and is scored against the baselines made from that same LR.
+    area = evaluate_served(tiny_engine_dir.parent, tiny_engine_dir.name, tiny_cxr_root, "test", tmp_path / "area",
+                           steps=2, seed=0, samples=2, degradation="area", limit=1)
+    assert area["settings"]["degradation"] == "area" and area["settings"]["samples"] == 2
+    assert area["summary"]["all"]["images"] == 1
+    assert area["per_image"][0]["psnr_bicubic"] != report["per_image"][0]["psnr_bicubic"]
+    assert area["per_image"][0]["spearman_uncertainty"] is not None
+    with pytest.raises(ValueError, match="no 'test' images"):
+        evaluate_served(tiny_engine_dir.parent, tiny_engine_dir.name, tiny_cxr_root, "test", tmp_path / "none",
+                        steps=2, seed=0, sources=["pediatric"])

@@ -17,9 +17,11 @@ from training.prepare import (
     DROP_REASONS,
     DroppedImage,
     ImageMeta,
+    Source,
     center_square,
     load_grayscale,
     prepare,
+    prepare_sources,
     read_manifest,
     read_nih_metadata,
     split_by_patient,
@@ -47,11 +49,16 @@ def read_png(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
-def read_splits(out_dir: Path) -> list[dict[str, str]]:
+def read_splits(out_dir: Path, with_source: bool = False) -> list[dict[str, str]]:
+    """The rows of splits.csv; without ``with_source`` the source column is checked to be one name and dropped."""
     with open(out_dir / "splits.csv", newline="") as file:
         rows = csv.DictReader(file)
-        assert rows.fieldnames == ["filename", "patient_id", "view", "split"]
-        return list(rows)
+        assert rows.fieldnames == ["filename", "patient_id", "view", "split", "source"]
+        records = list(rows)
+    if with_source:
+        return records
+    assert len({record.pop("source") for record in records}) <= 1
+    return records
 
 
 def output_bytes(out_dir: Path) -> dict[str, bytes]:
@@ -91,23 +98,38 @@ def test_read_manifest_ignores_extra_columns_and_keeps_unknown_view(tmp_path: Pa
 
 # --- prepare on the real NIH sample ---------------------------------------------------------------------
 
+# nih_sample/README.md: 6 PA images of patients 1, 2, 3 and 13, and 4 AP images of patients 13 and 32.
+NIH_PA = ["00000001_000.png", "00000002_000.png", "00000003_000.png", "00000013_019.png", "00000013_021.png",
+          "00000013_035.png"]
+NIH_AP = ["00000013_003.png", "00000013_004.png", "00000013_018.png", "00000032_015.png"]
+
+
+def patients_per_split(rows: list[dict[str, str]]) -> dict[str, int]:
+    """Patients in each split, after checking that no patient is in two."""
+    split_of: dict[str, set[str]] = {}
+    for row in rows:
+        split_of.setdefault(row["patient_id"], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in split_of.values()), split_of
+    return dict(Counter(next(iter(splits)) for splits in split_of.values()))
+
+
 def test_prepare_nih_keeps_pa_only_by_default(shared_data: Path, nih_csv: Path, tmp_path: Path) -> None:
     report = prepare(shared_data / "nih_sample", tmp_path, metadata=nih_csv, workers=2, show_progress=False)
 
     assert report.input_kind == "nih"
-    assert report.counts.kept == 2
-    assert report.counts.view_filtered == 1  # 00000013_003.png is AP
+    assert report.counts.kept == len(NIH_PA)
+    assert report.counts.view_filtered == len(NIH_AP)
     assert report.counts.dropped == NO_DROPS
     assert report.counts.converted == {"16bit": 0, "rgb": 0}
     assert report.counts.skipped_existing == 0
-    # Two patients, cut at round(0.7 * 2) = 1 and round(0.9 * 2) = 2: one train, one val, no test.
-    assert read_splits(tmp_path) == [
-        {"filename": "00000001_000.png", "patient_id": "1", "view": "PA", "split": "train"},
-        {"filename": "00000002_000.png", "patient_id": "2", "view": "PA", "split": "val"},
-    ]
-    kept = ["00000001_000.png", "00000002_000.png"]
-    assert sorted(path.name for path in (tmp_path / "HR_256").iterdir()) == kept
-    for name in kept:
+    rows = read_splits(tmp_path)
+    assert [row["filename"] for row in rows] == NIH_PA
+    assert {row["view"] for row in rows} == {"PA"}
+    assert {row["filename"]: row["patient_id"] for row in rows}["00000013_021.png"] == "13"
+    # Four patients, cut at round(0.7 * 4) = 3, then held to leave val and test one patient each.
+    assert patients_per_split(rows) == {"train": 2, "val": 1, "test": 1}
+    assert sorted(path.name for path in (tmp_path / "HR_256").iterdir()) == NIH_PA
+    for name in NIH_PA:
         hr, lr = read_png(tmp_path / "HR_256" / name), read_png(tmp_path / "LR_64" / name)
         assert hr.shape == (256, 256) and hr.dtype == np.uint8
         assert lr.shape == (64, 64) and lr.dtype == np.uint8
@@ -116,24 +138,25 @@ def test_prepare_nih_keeps_pa_only_by_default(shared_data: Path, nih_csv: Path, 
         np.testing.assert_array_equal(lr, cv2.resize(hr, (64, 64), interpolation=cv2.INTER_CUBIC))
 
     written = json.loads((tmp_path / "prepare_report.json").read_text())
-    assert written["counts"] == {"kept": 2, "dropped": NO_DROPS, "converted": {"16bit": 0, "rgb": 0},
-                                 "view_filtered": 1, "skipped_existing": 0}
+    assert written["counts"] == {"kept": 6, "dropped": NO_DROPS, "converted": {"16bit": 0, "rgb": 0},
+                                 "view_filtered": 4, "skipped_existing": 0}
     assert written["options"]["views"] == ["PA"] and written["options"]["view_filter_applied"] is True
     assert written["options"]["hr_interpolation"] == "area"
-    assert written["splits"] == {"train": {"images": 1, "patients": 1}, "val": {"images": 1, "patients": 1},
-                                 "test": {"images": 0, "patients": 0}}
+    assert sum(written["splits"][split]["images"] for split in ("train", "val", "test")) == 6
+    assert {split: counts["patients"] for split, counts in written["splits"].items()} == {
+        "train": 2, "val": 1, "test": 1}
 
 
 def test_prepare_nih_pa_and_ap_fill_every_split(shared_data: Path, nih_csv: Path, tmp_path: Path) -> None:
     report = prepare(shared_data / "nih_sample", tmp_path, metadata=nih_csv, views=("PA", "AP"), workers=1,
                      show_progress=False)
 
-    assert (report.counts.kept, report.counts.view_filtered) == (3, 0)
-    assert read_splits(tmp_path) == [  # seed 0
-        {"filename": "00000001_000.png", "patient_id": "1", "view": "PA", "split": "train"},
-        {"filename": "00000002_000.png", "patient_id": "2", "view": "PA", "split": "val"},
-        {"filename": "00000013_003.png", "patient_id": "13", "view": "AP", "split": "test"},
-    ]
+    assert (report.counts.kept, report.counts.view_filtered) == (10, 0)
+    rows = read_splits(tmp_path)
+    assert [row["filename"] for row in rows] == sorted(NIH_PA + NIH_AP)
+    assert {row["filename"] for row in rows if row["view"] == "AP"} == set(NIH_AP)
+    # Five patients: round(0.7 * 5) = 4 held to 3 so that val and test get one each.
+    assert patients_per_split(rows) == {"train": 3, "val": 1, "test": 1}
 
 
 def test_rerun_skips_finished_pairs_and_redoes_half_written_ones(
@@ -144,13 +167,13 @@ def test_rerun_skips_finished_pairs_and_redoes_half_written_ones(
     first = output_bytes(tmp_path)
 
     again = prepare(shared_data / "nih_sample", tmp_path, **arguments)
-    assert again.counts.skipped_existing == again.counts.kept == 3
+    assert again.counts.skipped_existing == again.counts.kept == 10
     assert output_bytes(tmp_path) == first
 
     # An interrupted run can leave an HR without its LR: that pair is not finished, so it is made again.
     (tmp_path / "LR_64" / "00000002_000.png").unlink()
     resumed = prepare(shared_data / "nih_sample", tmp_path, **arguments)
-    assert (resumed.counts.kept, resumed.counts.skipped_existing) == (3, 2)
+    assert (resumed.counts.kept, resumed.counts.skipped_existing) == (10, 9)
     assert output_bytes(tmp_path) == first
 
     with pytest.raises(ValueError, match="hr_interpolation='area'"):
@@ -344,3 +367,118 @@ def test_prepare_refuses_bad_arguments(shared_data: Path, nih_csv: Path, tmp_pat
     Image.fromarray(noise((300, 300))).save(clash / "a.jpg")
     with pytest.raises(ValueError, match="share a stem"):
         prepare(clash, tmp_path / "out")
+
+
+# --- several sources into one set -----------------------------------------------------------------------
+
+SOURCES = ("nih_starter", "nih", "cxr", "pediatric")
+
+
+@pytest.fixture(scope="module")
+def four_sources(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Source]:
+    """Real files of the four training sources, a slice of each with its manifest rows (every image of
+    the pediatric patients kept, so patients with several images are in it)."""
+    sliced = tmp_path_factory.mktemp("sources")
+    sources = []
+    for name, count in zip(SOURCES, (12, 10, 14, 20), strict=True):
+        if not (shared_data / name / "HR_256").is_dir():
+            pytest.skip(f"shared data source {name} not found")
+        folder = sliced / name
+        (folder / "HR_256").mkdir(parents=True)
+        with open(shared_data / name / "manifest.csv", newline="") as file:
+            rows = list(csv.DictReader(file))
+        patients = sorted({row["patient_id"] for row in rows})[:count]
+        chosen = [row for row in rows if row["patient_id"] in patients]
+        with open(folder / "manifest.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(chosen[0]))
+            writer.writeheader()
+            writer.writerows(chosen)
+        for row in chosen:
+            (folder / "HR_256" / row["filename"]).symlink_to(shared_data / name / "HR_256" / row["filename"])
+        sources.append(Source(name, folder))
+    return sources
+
+
+def test_prepare_sources_splits_by_patient_across_every_source(
+    shared_data: Path, four_sources: list[Source], tmp_path: Path
+) -> None:
+    report = prepare_sources(four_sources, tmp_path, views=None, workers=2, show_progress=False)
+
+    rows = read_splits(tmp_path, with_source=True)
+    assert report.input_kind == "sources" and report.images_dir is None
+    assert report.options.views is None and report.options.view_filter_applied is False
+    manifests = {source.name: read_manifest(source.images_dir / "manifest.csv") for source in four_sources}
+    # Every manifest row is kept, under its own source's name, with its patient and view.
+    assert sorted((row["source"], row["filename"]) for row in rows) == sorted(
+        (name, filename) for name, records in manifests.items() for filename in records
+    )
+    for row in rows:
+        meta = manifests[row["source"]][row["filename"]]
+        assert (row["patient_id"], row["view"]) == (meta.patient_id, meta.view or "")
+    # No patient id in two splits, across all sources together (nih and nih_starter share the nih: namespace).
+    split_of_patient: dict[str, set[str]] = {}
+    for row in rows:
+        split_of_patient.setdefault(row["patient_id"], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in split_of_patient.values())
+    assert sum(len(set(meta.patient_id for meta in m.values())) > len(m) / 2 for m in manifests.values()) >= 3
+    # Per-source counts in the report match the rows; every source is split (each has test images to report).
+    by_source = {source.name: source for source in report.sources}
+    assert [source.name for source in report.sources] == list(SOURCES)
+    for name in SOURCES:
+        mine = [row for row in rows if row["source"] == name]
+        assert by_source[name].counts.kept == len(mine) == len(manifests[name])
+        for split in ("train", "val", "test"):
+            chosen = [row for row in mine if row["split"] == split]
+            assert by_source[name].splits[split] == {
+                "images": len(chosen), "patients": len({row["patient_id"] for row in chosen})
+            }
+            assert chosen, f"{name} has no {split} images"
+    assert report.counts.kept == len(rows)
+    assert report.splits["test"]["images"] == sum(by_source[name].splits["test"]["images"] for name in SOURCES)
+    written = json.loads((tmp_path / "prepare_report.json").read_text())
+    assert [source["name"] for source in written["sources"]] == list(SOURCES)
+    # The shared sets are 256² already: the prepared pairs are the shared pairs, byte for byte in pixels.
+    for row in rows[::7]:
+        for folder in ("HR_256", "LR_64"):
+            np.testing.assert_array_equal(read_png(tmp_path / folder / row["filename"]),
+                                          read_png(shared_data / row["source"] / folder / row["filename"]))
+    # The data loader reads the source column.
+    from training.data import read_splits as read_split_rows
+
+    assert {row.source for row in read_split_rows(tmp_path)} == set(SOURCES)
+
+
+def test_prepare_sources_refuses_clashing_names_and_duplicate_sources(
+    four_sources: list[Source], tmp_path: Path
+) -> None:
+    cxr = four_sources[2]
+    with pytest.raises(ValueError, match="both have"):
+        prepare_sources([cxr, Source("cxr_again", cxr.images_dir)], tmp_path / "a", views=None, show_progress=False)
+    with pytest.raises(ValueError, match="unique"):
+        prepare_sources([cxr, cxr], tmp_path / "b", views=None, show_progress=False)
+    with pytest.raises(ValueError, match="no source"):
+        prepare_sources([], tmp_path / "c")
+
+
+def test_split_by_patient_is_stratified_by_source_and_keeps_a_shared_patient_together() -> None:
+    records = [ImageMeta(f"a{index}.png", f"a:{index}", None, "a") for index in range(10)]
+    records += [ImageMeta(f"b{index}.png", f"b:{index}", None, "b") for index in range(20)]
+    records.append(ImageMeta("shared.png", "a:3", None, "b"))  # one patient in two sources
+    split_of = split_by_patient(records, seed=0)
+    assert split_of["shared.png"] == split_of["a3.png"]
+    for source, patients in (("a", 10), ("b", 20)):
+        counts = Counter(split_of[r.filename] for r in records if r.source == source and r.filename != "shared.png")
+        assert counts == {"train": round(0.7 * patients), "val": round(0.2 * patients), "test": round(0.1 * patients)}
+
+
+def test_prepare_command_combines_sources(four_sources: list[Source], tmp_path: Path) -> None:
+    from service.cli import main
+
+    arguments = ["prepare", "--views", "all", "--out", str(tmp_path), "--workers", "1"]
+    for source in four_sources[:2]:
+        arguments += ["--source", f"{source.name}={source.images_dir}"]
+    assert main(arguments) == 0
+    assert {row["source"] for row in read_splits(tmp_path, with_source=True)} == {"nih_starter", "nih"}
+    assert main(["prepare", "--out", str(tmp_path / "x"), "--source", "no-equals-sign"]) == 2
+    assert main(["prepare", "--out", str(tmp_path / "x"), "--images", str(tmp_path),
+                 "--source", f"a={four_sources[0].images_dir}"]) == 2

@@ -1,0 +1,100 @@
+"""The patient-disjoint train/val/test split and its index file, ``splits.csv``.
+
+One rule for every prepared set, one source or several: a patient is in exactly one split, and each
+source (stratum) is split in the same proportions, so every source has test images to report on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Protocol
+
+from training.config import Split
+
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+SPLITS_COLUMNS = ("filename", "patient_id", "view", "split", "source")
+
+
+class Record(Protocol):
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def patient_id(self) -> str: ...
+
+    @property
+    def view(self) -> str | None: ...
+
+    @property
+    def source(self) -> str: ...
+
+
+def _check_fractions(fractions: tuple[float, float, float]) -> None:
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"fractions must be three positive numbers summing to 1, not {fractions}")
+
+
+def _split_patients(patients: list[str], seed: int, fractions: tuple[float, float, float]) -> dict[str, Split]:
+    """The P sorted patients shuffled with ``random.Random(seed)``; the first ``round(f_train * P)`` go to
+    train, those up to ``round((f_train + f_val) * P)`` to val, the rest to test. With 3 or more patients
+    every split gets at least one."""
+    patients = sorted(patients)
+    random.Random(seed).shuffle(patients)
+    count = len(patients)
+    train_end, val_end = round(fractions[0] * count), round((fractions[0] + fractions[1]) * count)
+    if count >= 3:
+        train_end = min(max(train_end, 1), count - 2)
+        val_end = min(max(val_end, train_end + 1), count - 1)
+    return {
+        patient: "train" if index < train_end else "val" if index < val_end else "test"
+        for index, patient in enumerate(patients)
+    }
+
+
+def split_by_patient(
+    records: Iterable[Record], seed: int, fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
+) -> dict[str, Split]:
+    """Assign each image to train/val/test with no patient in two splits; returns ``{filename: split}``.
+
+    The rule counts patients, not images, so image shares match only on average. Patients are split per
+    stratum: the alphabetically first source a patient appears in (a patient id shared by two sources, as
+    NIH ids are, still lands in one split). With one source this is a plain split of its patients.
+    """
+    _check_fractions(fractions)
+    records = list(records)
+    sources_of: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        sources_of[record.patient_id].add(record.source)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for patient, sources in sources_of.items():
+        strata[min(sources)].append(patient)
+    split_of_patient: dict[str, Split] = {}
+    for stratum in sorted(strata):
+        split_of_patient.update(_split_patients(strata[stratum], seed, fractions))
+    return {record.filename: split_of_patient[record.patient_id] for record in records}
+
+
+def splits_table(records: Iterable[Record], split_of: dict[str, Split]) -> str:
+    """The text of ``splits.csv``: one row per kept image; an empty view means the source does not say."""
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(SPLITS_COLUMNS)
+    writer.writerows(
+        (record.filename, record.patient_id, record.view or "", split_of[record.filename], record.source)
+        for record in records
+    )
+    return table.getvalue()
+
+
+def split_counts(records: Iterable[Record], split_of: dict[str, Split]) -> dict[str, dict[str, int]]:
+    """``{split: {"images": n, "patients": n}}``."""
+    records = list(records)
+    counts = {}
+    for split in SPLITS:
+        chosen = [record for record in records if split_of[record.filename] == split]
+        counts[split] = {"images": len(chosen), "patients": len({record.patient_id for record in chosen})}
+    return counts
