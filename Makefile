@@ -30,14 +30,14 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check service training tests
 	$(VENV)/bin/mypy service
 
-# Reproduces the shipped model from ../shared/data/cxr (docs/RESULTS.md gives the measured numbers).
+# Reproduces the shipped model from the four training sources in ../shared/data (docs/RESULTS.md has the numbers).
+SOURCES = $(foreach source,nih_starter nih cxr pediatric,--source $(source)=../shared/data/$(source))
 train-default: $(VENV)/.test-installed
-	$(VENV)/bin/xraysr prepare --images ../shared/data/cxr --manifest ../shared/data/cxr/manifest.csv \
-		--views "PA,AP,AP Supine" --out runs/data/cxr --seed 0
-	$(VENV)/bin/xraysr train-vae --config configs/vae_cxr.yaml
-	$(VENV)/bin/xraysr train --config configs/sr_cxr.yaml
-	$(VENV)/bin/xraysr evaluate --checkpoint runs/sr_cxr/checkpoints/step_0003000.pt --split test \
-		--steps 25 --out runs/sr_cxr/eval_test
+	$(VENV)/bin/xraysr prepare $(SOURCES) --views all --out runs/data/all --seed 0
+	$(VENV)/bin/xraysr train-vae --config configs/vae_all.yaml
+	$(VENV)/bin/xraysr train --config configs/sr_all.yaml
+	$(VENV)/bin/xraysr evaluate --checkpoint runs/sr_all/checkpoints/step_0004000.pt --split test \
+		--steps 25 --out runs/sr_all/eval_test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

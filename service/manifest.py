@@ -78,6 +78,12 @@ class SamplerSpec(_Contract):
         le=MAX_SAMPLES,
         description="Samples averaged when a request names none; absent in manifests written before it existed.",
     )
+    final_timestep: int | None = Field(
+        None,
+        ge=0,
+        description="Where the loop stops: steps spaced evenly from the last training timestep down to this one, "
+        "and the x0 estimate there is the answer. Absent: trailing spacing down to T/steps - 1.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SamplerSpec:
@@ -94,6 +100,11 @@ class SamplerSpec(_Contract):
             raise ValueError(
                 f"need min_steps <= default_steps <= max_steps <= num_train_timesteps, got {self.min_steps}, "
                 f"{self.default_steps}, {self.max_steps}, {self.num_train_timesteps}"
+            )
+        if self.final_timestep is not None and self.max_steps > self.num_train_timesteps - self.final_timestep:
+            raise ValueError(
+                f"max_steps {self.max_steps} distinct timesteps do not fit between {self.num_train_timesteps - 1} "
+                f"and final_timestep {self.final_timestep}"
             )
         return self
 

@@ -3,6 +3,11 @@
 Song et al. 2021, "Denoising Diffusion Implicit Models", equation (12) with sigma = 0. It reproduces
 diffusers' ``DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)``, which
 the training side samples with; tests/service/test_sampler.py pins the two together.
+
+With the manifest's ``final_timestep`` F the steps are instead spaced evenly from the last training timestep
+down to F, and the loop returns the model's x0 estimate at F. Trailing spacing ends at a timestep that falls
+as steps rise (T/steps − 1), so each added step lets a sample commit to more detail the input does not hold;
+with F fixed, more steps only follow the same path more finely (`floored_timesteps`).
 """
 
 from __future__ import annotations
@@ -19,16 +24,23 @@ class DDIMSampler:
         self.spec = spec
         self.alphas_cumprod = np.asarray(spec.alphas_cumprod, dtype=np.float64)
         self.timesteps: np.ndarray | None = None
-        self._step_ratio = 0
+        self._previous: dict[int, int] = {}
 
     def set_timesteps(self, steps: int) -> np.ndarray:
-        """ "trailing" spacing: the first step is the last training timestep, where x_T really is noise."""
+        """The first step is the last training timestep, where x_T really is noise; then "trailing" spacing,
+        or even spacing down to the manifest's ``final_timestep``."""
         if not self.spec.min_steps <= steps <= self.spec.max_steps:
             raise ValueError(f"steps must be in [{self.spec.min_steps}, {self.spec.max_steps}], got {steps}")
         train_steps = self.spec.num_train_timesteps
-        self._step_ratio = train_steps // steps
-        spacing = train_steps / steps
-        self.timesteps = np.round(np.arange(train_steps, 0, -spacing)).astype(np.int64) - 1
+        if self.spec.final_timestep is None:
+            step_ratio = train_steps // steps
+            spacing = train_steps / steps
+            self.timesteps = np.round(np.arange(train_steps, 0, -spacing)).astype(np.int64) - 1
+            # diffusers steps to t - T // steps, which is not always the next timestep of the list.
+            self._previous = {int(t): int(t) - step_ratio for t in self.timesteps}
+        else:
+            self.timesteps = floored_timesteps(train_steps, steps, self.spec.final_timestep)
+            self._previous = dict(zip(self.timesteps.tolist(), [*self.timesteps[1:].tolist(), -1], strict=True))
         return self.timesteps
 
     def alphas(self, timestep: int) -> tuple[float, float]:
@@ -38,7 +50,7 @@ class DDIMSampler:
         """
         if self.timesteps is None:
             raise ValueError("call set_timesteps() before alphas() or step()")
-        previous = timestep - self._step_ratio
+        previous = self._previous[timestep]
         alpha_previous = float(self.alphas_cumprod[previous]) if previous >= 0 else 1.0
         return float(self.alphas_cumprod[timestep]), alpha_previous
 
@@ -61,6 +73,13 @@ class DDIMSampler:
         # 3. "direction pointing to x_t" with sigma = 0, then x_{t-1} (eq. (12))
         direction = np.sqrt(1.0 - alpha_previous) * predicted_noise
         return (np.sqrt(alpha_previous) * predicted_x0 + direction).astype(np.float32)
+
+
+def floored_timesteps(train_steps: int, steps: int, final_timestep: int) -> np.ndarray:
+    """``steps`` timesteps from ``train_steps - 1`` down to ``final_timestep``, evenly spaced and rounded."""
+    if not 0 <= final_timestep < train_steps or steps > train_steps - final_timestep:
+        raise ValueError(f"cannot space {steps} distinct steps from {train_steps - 1} down to {final_timestep}")
+    return np.round(np.linspace(train_steps - 1, final_timestep, steps)).astype(np.int64)
 
 
 def initial_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -127,6 +127,7 @@ def _export(args: argparse.Namespace) -> int:
         steps=(args.min_steps, args.default_steps, args.max_steps),
         step_graph=args.step_graph,
         default_samples=args.default_samples,
+        final_timestep=args.final_timestep,
     )
     print(f"exported {manifest.model} {manifest.version} to {args.out}")
     return 0
@@ -211,7 +212,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     served.add_argument("--samples", type=int, help="diffusion samples averaged per image (default: the model's)")
     served.add_argument("--degradation", default="cubic", choices=DEGRADATION_CHOICES, help=DEGRADATION_HELP)
     served.add_argument("--sources", help="comma-separated sources to score (default: every source of the split)")
-    served.add_argument("--limit", type=int, help="score only the first N images")
+    served.add_argument("--limit", type=int, help="score only N images, evenly spaced through the split")
     served.add_argument("--out", type=Path, required=True, help="folder for served_report.json and .md")
     served.set_defaults(handler=_evaluate_served)
 
@@ -223,6 +224,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--min-steps", type=int, default=10)
     export.add_argument("--default-steps", type=int, default=25)
     export.add_argument("--max-steps", type=int, default=50)
+    export.add_argument(
+        "--final-timestep", type=int, help="stop the DDIM loop at this timestep (default: the run config's)"
+    )
     export.add_argument(
         "--default-samples", type=int, default=1, help="samples a request averages when it names none (1-8)"
     )

@@ -112,6 +112,12 @@ class DiffusionConfig(_Strict):
     sampler: Literal["ddim", "dpmsolver++"] = "ddim"
     sample_steps: int = Field(25, ge=1, le=1000)
     eta: float = Field(0.0, ge=0, le=1)
+    final_timestep: int | None = Field(
+        None,
+        ge=0,
+        description="DDIM only: space the steps evenly down to this timestep and answer the x0 estimate there "
+        "(service/sampler.py); None: trailing spacing.",
+    )
 
     @model_validator(mode="after")
     def _regression_predicts_the_sample(self) -> DiffusionConfig:

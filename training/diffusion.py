@@ -119,10 +119,13 @@ def sample_latent(
     ``initial_noise`` replaces the draw from ``generator`` for x_T, so another implementation of the loop
     (the service's numpy sampler) can be compared on the very same start.
     """
-    scheduler = make_sampling_scheduler(config, sampler)
-    scheduler.set_timesteps(steps, device=lr_latent.device)
     if initial_noise is None:
         initial_noise = torch.randn(lr_latent.shape, generator=generator, dtype=torch.float32)
+    if config.final_timestep is not None and (sampler or config.sampler) == "ddim":
+        sample = _floored_ddim(denoiser, initial_noise.to(lr_latent.device), lr_latent, config, steps)
+        return hr_latent_from_sample(sample, lr_latent, config, target_scale)
+    scheduler = make_sampling_scheduler(config, sampler)
+    scheduler.set_timesteps(steps, device=lr_latent.device)
     sample = initial_noise.to(lr_latent.device) * scheduler.init_noise_sigma
     step_kwargs = {"eta": config.eta} if isinstance(scheduler, DDIMScheduler) else {}
     for timestep in scheduler.timesteps:
@@ -130,6 +133,33 @@ def sample_latent(
         prediction = denoiser(model_input, timestep.expand(sample.shape[0]), lr_latent)
         sample = scheduler.step(prediction, timestep, sample, generator=generator, **step_kwargs).prev_sample
     return hr_latent_from_sample(sample, lr_latent, config, target_scale)
+
+
+def _floored_ddim(denoiser: Denoiser, noise: Tensor, lr_latent: Tensor, config: DiffusionConfig, steps: int) -> Tensor:
+    """Deterministic DDIM from T - 1 down to ``config.final_timestep`` (service/sampler.py's floored spacing),
+    returning the x0 estimate there. diffusers' DDIMScheduler steps by a fixed ratio, so this loop is ours."""
+    from service.sampler import floored_timesteps
+
+    if config.eta != 0.0:
+        raise ValueError("final_timestep needs deterministic DDIM (eta = 0)")
+    assert config.final_timestep is not None
+    alphas_cumprod = make_training_scheduler(config).alphas_cumprod.to(torch.float64)
+    timesteps = floored_timesteps(config.num_train_timesteps, steps, config.final_timestep).tolist()
+    sample = noise
+    for index, timestep in enumerate(timesteps):
+        prediction = denoiser(sample, torch.full((sample.shape[0],), timestep, device=sample.device), lr_latent)
+        alpha = alphas_cumprod[timestep].item()
+        alpha_previous = alphas_cumprod[timesteps[index + 1]].item() if index + 1 < len(timesteps) else 1.0
+        match config.prediction_type:
+            case "sample":
+                x0, noise_estimate = prediction, (sample - alpha**0.5 * prediction) / (1 - alpha) ** 0.5
+            case "epsilon":
+                x0, noise_estimate = (sample - (1 - alpha) ** 0.5 * prediction) / alpha**0.5, prediction
+            case "v_prediction":
+                x0 = alpha**0.5 * sample - (1 - alpha) ** 0.5 * prediction
+                noise_estimate = alpha**0.5 * prediction + (1 - alpha) ** 0.5 * sample
+        sample = alpha_previous**0.5 * x0 + (1 - alpha_previous) ** 0.5 * noise_estimate
+    return sample
 
 
 @torch.no_grad()

@@ -53,13 +53,14 @@ def evaluate_served(
 ) -> dict:
     """Writes ``served_report.json`` and ``served_report.md`` to ``out_dir``; returns the report.
 
-    ``samples`` None uses the model's default; ``sources`` keeps only those sources' images; ``limit`` the
-    first N of them (in splits.csv order).
+    ``samples`` None uses the model's default; ``sources`` keeps only those sources' images; ``limit`` keeps N
+    of them evenly spaced through splits.csv's order (which is by file name, so a prefix would be one source).
     """
     rows = [row for row in read_splits(data_root) if row.split == split]
     if sources:
         rows = [row for row in rows if row.source in sources]
-    rows = rows[:limit] if limit else rows
+    if limit and limit < len(rows):
+        rows = [rows[index] for index in np.unique(np.linspace(0, len(rows) - 1, limit).round().astype(int))]
     if not rows:
         raise ValueError(f"{data_root}/splits.csv has no {split!r} images of sources {sources or 'any'}")
     params: dict[str, int] = {"steps": steps, "seed": seed}

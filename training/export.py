@@ -141,9 +141,11 @@ def export_model(
     steps: tuple[int, int, int] = (10, 25, 50),
     step_graph: bool = False,
     default_samples: int = 1,
+    final_timestep: int | None = None,
 ) -> Manifest:
     """Exports the EMA weights; ``steps`` is the supported (min, default, max) sampling step count, and
-    ``default_samples`` the diffusion samples a request averages when it names none (docs/RESULTS.md).
+    ``default_samples`` the diffusion samples a request averages when it names none (docs/RESULTS.md), and
+    ``final_timestep`` where the loop stops (default: the run's ``diffusion.final_timestep``).
 
     ``step_graph`` also exports ``unet_step.onnx`` (UNet + DDIM update, see ``export_unet_step``) as the
     manifest's optional ``unet_step`` component: TensorRT then runs the whole loop on the GPU.
@@ -206,6 +208,7 @@ def export_model(
             default_steps=default,
             max_steps=maximum,
             default_samples=default_samples,
+            final_timestep=final_timestep if final_timestep is not None else config.diffusion.final_timestep,
         ),
         provenance={"run_name": config.run_name, "training_step": pipeline.step, "checkpoint": checkpoint.name},
     )

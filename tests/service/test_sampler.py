@@ -79,3 +79,59 @@ def test_sample_seeds_count_up_from_the_seed_and_wrap_past_the_largest() -> None
     assert sample_seeds(5, 1) == [5]
     assert sample_seeds(5, 4) == [5, 6, 7, 8]
     assert sample_seeds(SEED_MAX - 1, 3) == [SEED_MAX - 1, SEED_MAX, 0]
+
+
+def _floored_spec(final_timestep: int, prediction_type: str = "sample", max_steps: int = 50) -> SamplerSpec:
+    return _spec(prediction_type).model_copy(update={"final_timestep": final_timestep, "max_steps": max_steps})
+
+
+@pytest.mark.parametrize("steps", [1, 20, 25, 30])
+def test_floored_timesteps_end_at_the_final_timestep_whatever_the_step_count(steps: int) -> None:
+    sampler = DDIMSampler(_floored_spec(200))
+    timesteps = sampler.set_timesteps(steps).tolist()
+    assert timesteps[0] == 999 and len(timesteps) == steps == len(set(timesteps))
+    assert timesteps[-1] == (200 if steps > 1 else 999)
+    assert timesteps == sorted(timesteps, reverse=True)
+    # Each step goes to the next timestep of the list; the last one to alpha = 1, the x0 estimate itself.
+    for timestep, following in zip(timesteps, timesteps[1:], strict=False):
+        assert sampler.alphas(timestep)[1] == pytest.approx(sampler.alphas_cumprod[following])
+    assert sampler.alphas(timesteps[-1])[1] == 1.0
+    sample = initial_noise((1, 2, 4, 4), seed=0)
+    prediction = np.full_like(sample, 0.25)
+    np.testing.assert_allclose(sampler.step(prediction, timesteps[-1], sample), prediction, atol=1e-6)
+
+
+def test_floored_sampler_matches_the_training_sides_torch_loop() -> None:
+    from training.config import DiffusionConfig
+    from training.diffusion import sample_latent
+
+    config = DiffusionConfig(prediction_type="sample", final_timestep=300)
+    sampler = DDIMSampler(_floored_spec(300))
+    weights = np.linspace(0.2, 0.6, 4, dtype=np.float32)[None, :, None, None]
+    condition = initial_noise((1, 4, 8, 8), seed=7)
+    noise = initial_noise((1, 4, 8, 8), seed=1)
+
+    def model(sample: np.ndarray, timestep: float) -> np.ndarray:
+        # A stand-in that depends on the sample, the timestep and the condition, so errors would compound.
+        return (weights * sample * (1 - timestep / 2000) + 0.1 * condition).astype(np.float32)
+
+    sample = noise
+    for timestep in sampler.set_timesteps(20):
+        sample = sampler.step(model(sample, float(timestep)), int(timestep), sample)
+
+    def denoiser(noisy, timesteps, lr_latent):  # type: ignore[no-untyped-def]
+        return torch.from_numpy(model(noisy.numpy(), float(timesteps[0])))
+
+    reference = sample_latent(
+        denoiser, torch.zeros(1, 4, 8, 8), config, 1.0, 20, torch.Generator(), initial_noise=torch.from_numpy(noise)
+    )
+    np.testing.assert_allclose(sample, reference.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_final_timestep_that_leaves_no_room_for_max_steps_is_refused() -> None:
+    with pytest.raises(ValueError, match="do not fit"):
+        SamplerSpec.model_validate({**_spec().model_dump(), "final_timestep": 990, "max_steps": 50})
+    with pytest.raises(ValueError, match="cannot space"):
+        from service.sampler import floored_timesteps
+
+        floored_timesteps(1000, 20, 990)

@@ -16,6 +16,7 @@ from service.pipeline import to_model_range
 from service.runtimes import load_runtime
 from service.sampler import initial_noise
 from training.data import PairDataset, to_uint8
+from training.diffusion import super_resolve
 from training.export import _Decoder
 from training.metrics import psnr
 from training.pipeline import SRPipeline
@@ -65,6 +66,25 @@ def test_service_pipeline_matches_the_pytorch_reference_sampler(
     assert not np.array_equal(other_seed, service.upscale(lr_u8, steps=4, seed=7).image)
 
 
+def test_a_floored_export_serves_what_the_pytorch_sampler_makes(
+    tiny_checkpoint: Path, reference: SRPipeline, tiny_cxr_root: Path, tmp_path: Path
+) -> None:
+    from training.export import export_model
+
+    manifest = export_model(tiny_checkpoint, tmp_path, "tiny", steps=(2, 4, 50), default_samples=3, final_timestep=400)
+    assert (manifest.sampler.final_timestep, manifest.sampler.default_samples) == (400, 3)
+    assert load_manifest(tmp_path).sampler.final_timestep == 400
+    service = ServicePipeline(manifest, load_runtime("onnxruntime", manifest, tmp_path))
+    lr_u8 = to_uint8(PairDataset(reference.config.data, "val")[0][0])[0].numpy()
+    floored = reference.config.diffusion.model_copy(update={"final_timestep": 400})
+    lr = torch.from_numpy(to_model_range(lr_u8))[None, None]
+    for steps in (4, 30):
+        noise = torch.from_numpy(initial_noise((1, 16, 64, 64), 5))
+        expected = super_resolve(reference.unet, reference.condition_encoder, reference.vae, lr, floored,
+                                 reference.target_scale, steps, torch.Generator(), initial_noise=noise)
+        assert psnr(service.upscale(lr_u8, steps=steps, seed=5).image, to_uint8(expected)[0, 0].numpy()) >= 40.0
+
+
 def test_manifest_describes_the_export(tiny_engine_dir: Path, reference: SRPipeline) -> None:
     manifest = load_manifest(tiny_engine_dir)
     assert manifest.model == "tiny" and manifest.version == "tiny-test" and manifest.precision == "fp32"
@@ -75,6 +95,7 @@ def test_manifest_describes_the_export(tiny_engine_dir: Path, reference: SRPipel
     assert manifest.sampler.prediction_type == "v_prediction"
     assert (manifest.sampler.min_steps, manifest.sampler.default_steps, manifest.sampler.max_steps) == (2, 4, 50)
     assert manifest.sampler.alphas_cumprod[0] == pytest.approx(1 - 1e-4)
+    assert (manifest.sampler.final_timestep, manifest.sampler.default_samples) == (None, 1)
 
 
 def test_evaluate_served_scores_the_engines_through_a_real_server(
