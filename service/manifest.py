@@ -66,7 +66,8 @@ class SamplerSpec(_Contract):
     kind: Literal["ddim"] = "ddim"
     prediction_type: Literal["epsilon", "sample", "v_prediction"]
     num_train_timesteps: int = Field(gt=1)
-    timestep_spacing: Literal["trailing"] = "trailing"
+    # "floored": even spacing down to final_timestep (service/sampler.py); "trailing": diffusers' trailing.
+    timestep_spacing: Literal["trailing", "floored"] = "trailing"
     eta: float = Field(0.0, ge=0.0, le=0.0, description="Deterministic DDIM only: the appliance draws no step noise.")
     alphas_cumprod: tuple[float, ...]
     min_steps: int = Field(ge=1)
@@ -101,6 +102,8 @@ class SamplerSpec(_Contract):
                 f"need min_steps <= default_steps <= max_steps <= num_train_timesteps, got {self.min_steps}, "
                 f"{self.default_steps}, {self.max_steps}, {self.num_train_timesteps}"
             )
+        if (self.timestep_spacing == "floored") != (self.final_timestep is not None):
+            raise ValueError("timestep_spacing floored goes with a final_timestep, and trailing without one")
         if self.final_timestep is not None and self.max_steps > self.num_train_timesteps - self.final_timestep:
             raise ValueError(
                 f"max_steps {self.max_steps} distinct timesteps do not fit between {self.num_train_timesteps - 1} "

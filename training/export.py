@@ -187,6 +187,7 @@ def export_model(
         components["unet_step"] = export_unet_step(pipeline, out_dir / "unet_step.onnx")
 
     minimum, default, maximum = steps
+    floor = final_timestep if final_timestep is not None else config.diffusion.final_timestep
     alphas_cumprod = make_training_scheduler(config.diffusion).alphas_cumprod
     manifest = Manifest(
         model=model_name,
@@ -208,7 +209,8 @@ def export_model(
             default_steps=default,
             max_steps=maximum,
             default_samples=default_samples,
-            final_timestep=final_timestep if final_timestep is not None else config.diffusion.final_timestep,
+            timestep_spacing="trailing" if floor is None else "floored",
+            final_timestep=floor,
         ),
         provenance={"run_name": config.run_name, "training_step": pipeline.step, "checkpoint": checkpoint.name},
     )

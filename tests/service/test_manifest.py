@@ -110,8 +110,19 @@ def test_default_samples_is_optional_and_one_when_absent(engine_copy: Path) -> N
     assert read_manifest(engine_copy).sampler.default_samples == 8
 
 
-def test_the_shipped_manifests_predate_default_samples_and_still_verify() -> None:
+def test_a_manifest_written_before_samples_and_final_timestep_still_loads(engine_copy: Path) -> None:
+    def as_1_0_wrote_it(raw: dict) -> None:
+        for key in ("default_samples", "final_timestep"):
+            raw["sampler"].pop(key, None)
+        raw["sampler"]["timestep_spacing"] = "trailing"
+
+    _edit(engine_copy, as_1_0_wrote_it)
+    sampler = read_manifest(engine_copy).sampler
+    assert (sampler.default_samples, sampler.final_timestep, sampler.timestep_spacing) == (1, None, "trailing")
+
+
+def test_the_shipped_manifests_carry_the_chosen_sampling_and_verify() -> None:
     shipped = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
     for precision in ("fp32", "int8"):
-        assert "default_samples" not in (shipped / manifest_name(precision)).read_text()
-        assert load_manifest(shipped, precision).sampler.default_samples == 1  # checksums included
+        sampler = load_manifest(shipped, precision).sampler  # checksums included
+        assert (sampler.default_samples, sampler.final_timestep, sampler.timestep_spacing) == (4, 400, "floored")

@@ -82,7 +82,9 @@ def test_sample_seeds_count_up_from_the_seed_and_wrap_past_the_largest() -> None
 
 
 def _floored_spec(final_timestep: int, prediction_type: str = "sample", max_steps: int = 50) -> SamplerSpec:
-    return _spec(prediction_type).model_copy(update={"final_timestep": final_timestep, "max_steps": max_steps})
+    return _spec(prediction_type).model_copy(
+        update={"final_timestep": final_timestep, "max_steps": max_steps, "timestep_spacing": "floored"}
+    )
 
 
 @pytest.mark.parametrize("steps", [1, 20, 25, 30])
@@ -129,8 +131,13 @@ def test_floored_sampler_matches_the_training_sides_torch_loop() -> None:
 
 
 def test_a_final_timestep_that_leaves_no_room_for_max_steps_is_refused() -> None:
+    floored = {**_spec().model_dump(), "timestep_spacing": "floored"}
     with pytest.raises(ValueError, match="do not fit"):
-        SamplerSpec.model_validate({**_spec().model_dump(), "final_timestep": 990, "max_steps": 50})
+        SamplerSpec.model_validate({**floored, "final_timestep": 990, "max_steps": 50})
+    with pytest.raises(ValueError, match="floored goes with a final_timestep"):
+        SamplerSpec.model_validate({**_spec().model_dump(), "final_timestep": 400})
+    with pytest.raises(ValueError, match="floored goes with a final_timestep"):
+        SamplerSpec.model_validate(floored)
     with pytest.raises(ValueError, match="cannot space"):
         from service.sampler import floored_timesteps
 

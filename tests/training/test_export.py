@@ -73,6 +73,7 @@ def test_a_floored_export_serves_what_the_pytorch_sampler_makes(
 
     manifest = export_model(tiny_checkpoint, tmp_path, "tiny", steps=(2, 4, 50), default_samples=3, final_timestep=400)
     assert (manifest.sampler.final_timestep, manifest.sampler.default_samples) == (400, 3)
+    assert manifest.sampler.timestep_spacing == "floored"
     assert load_manifest(tmp_path).sampler.final_timestep == 400
     service = ServicePipeline(manifest, load_runtime("onnxruntime", manifest, tmp_path))
     lr_u8 = to_uint8(PairDataset(reference.config.data, "val")[0][0])[0].numpy()
