@@ -23,10 +23,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from training.config import AugmentConfig, DataConfig, Split
+from training.splits import SPLITS_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-SPLITS_COLUMNS = ("filename", "patient_id", "view", "split")  # and "source", optional (a single-source set)
+# splits.csv's columns but "source", which a set written before sources were recorded lacks.
+REQUIRED_COLUMNS = SPLITS_COLUMNS[:4]
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,9 @@ def read_splits(root: Path) -> list[SplitRow]:
         raise FileNotFoundError(f"{path} not found: write the data folder with `xraysr prepare`")
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = [column for column in SPLITS_COLUMNS if column not in (reader.fieldnames or [])]
+        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path} lacks columns {missing}; expected {list(SPLITS_COLUMNS)}")
+            raise ValueError(f"{path} lacks columns {missing}; expected {list(REQUIRED_COLUMNS)}")
         rows: list[SplitRow] = []
         for line, record in enumerate(reader, start=2):
             if record["split"] not in get_args(Split):

@@ -18,18 +18,13 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from service.imaging import encode_png
 from service.local_server import local_server
 from service.uncertainty import UNCERTAINTY_SCALE
 from training.config import Degradation
 from training.data import read_splits
 from training.degradation import make_lr
 from training.scoring import markdown_summary, score_image, summarize_by_group
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _decode_png(data: bytes) -> np.ndarray:
@@ -81,7 +76,7 @@ def evaluate_served(
             response = client.post(
                 "/upscale",
                 params=params,
-                content=_png(lr),
+                content=encode_png(lr),
                 headers={"Content-Type": "image/png", "Accept": "application/json"},
             )
             if response.status_code != 200:
@@ -98,9 +93,9 @@ def evaluate_served(
                     "source": row.source or "unknown",
                     **score_image(served, hr, lr, uncertainty),
                     "stage_ms": answer["stage_ms"],
+                    "samples": answer["samples"],
                 }
             )
-            samples_served = answer.get("samples", 1)
     summary = summarize_by_group(per_image)
     report = {
         "summary": summary,
@@ -113,7 +108,7 @@ def evaluate_served(
             "sources": sorted({record["source"] for record in per_image}),
             "degradation": degradation,
             "steps": steps,
-            "samples": samples_served,
+            "samples": per_image[0]["samples"],
             "seed": seed,
             "data_root": str(data_root),
         },
