@@ -1,43 +1,83 @@
-"""create_app(): the routes wired, and a lifespan that loads the engines once before the app reports ready.
+"""create_app(): the routes wired, and a lifespan that loads the engines and runs the batcher.
 
 Importing this module loads nothing; `create_app(settings)` builds the app, and the model is loaded when
-the server (or a test client) starts it.
+the server (or a test client) starts it. `xraysr serve` loads in the background, so the port answers (and
+/readyz says "loading") while the engines load; a test client waits for the model before its first request.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 
 from service import __version__
 from service.api import metrics, probes, upscale
 from service.api.errors import add_error_handlers
+from service.batching import Batcher
 from service.concurrency import Admission
 from service.engine import load_pipeline
+from service.lifecycle import Lifecycle
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.pipeline import SRPipeline
 from service.settings import Settings
 from service.tegrastats import start_from_environment as start_tegrastats
 
+logger = logging.getLogger(__name__)
 
-def create_app(settings: Settings) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pipeline = await anyio.to_thread.run_sync(load_pipeline, settings)
+
+def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
+    def install(app: FastAPI, pipeline: SRPipeline) -> Batcher:
         manifest = pipeline.manifest
         app.state.metrics.set_model(manifest.model, manifest.version, pipeline.runtime.backend, manifest.precision)
-        app.state.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
-        app.state.pipeline = pipeline
+        app.state.admission = Admission(
+            settings.max_concurrent_requests, settings.max_queued_requests, settings.max_batch, settings.max_decoding
+        )
+        batcher = Batcher(
+            pipeline,
+            settings.max_batch,
+            settings.max_batch_delay_ms / 1000,
+            settings.max_concurrent_requests,
+            on_batch=app.state.metrics.observe_batch,
+            on_stop=app.state.metrics.batches_stopped.inc,
+        )
+        app.state.batcher, app.state.pipeline = batcher, pipeline
+        if app.state.lifecycle.state == "loading":
+            app.state.lifecycle.state = "ready"
+        return batcher
+
+    async def load_then_batch(app: FastAPI) -> None:
+        try:
+            pipeline = await anyio.to_thread.run_sync(load_pipeline, settings)
+        except Exception as error:  # noqa: BLE001 - reported by /readyz and turned into the exit status
+            logger.exception("the model could not be loaded")
+            app.state.lifecycle.fail(f"{type(error).__name__}: {error}")
+            return
+        await install(app, pipeline).run()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A test client's first request needs the model: load it before the app reports started.
+        batcher = None if load_in_background else install(app, await anyio.to_thread.run_sync(load_pipeline, settings))
         tegrastats = start_tegrastats(app.state.metrics.registry)  # None unless XRAYSR_TEGRASTATS=1 on a Jetson
-        yield
-        app.state.pipeline = None
+        async with anyio.create_task_group() as tasks:
+            if batcher is None:
+                tasks.start_soon(load_then_batch, app)
+            else:
+                tasks.start_soon(batcher.run)
+            yield
+            app.state.pipeline = None
+            tasks.cancel_scope.cancel()
         if tegrastats is not None:
             tegrastats.stop()
 
     app = FastAPI(title="xraysr", version=__version__, summary="4x super-resolution of chest X-rays", lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.pipeline = settings, ServiceMetrics(), None
+    app.state.lifecycle, app.state.admission, app.state.batcher = Lifecycle(), None, None
     for module in (upscale, probes, metrics):
         app.include_router(module.router)
     add_error_handlers(app)

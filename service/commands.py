@@ -38,22 +38,24 @@ def _serve(args: argparse.Namespace) -> int:
             "threads",
             "max_concurrent_requests",
             "max_queued_requests",
+            "max_batch",
+            "max_batch_delay_ms",
             "max_body_bytes",
+            "request_timeout_s",
+            "shutdown_grace_s",
+            "max_connections",
             "trt_cache_dir",
             "log_level",
         ),
     )
     logging.getLogger().setLevel(settings.log_level)
-    import uvicorn
-
-    from service.app import create_app
     from service.engine import check_manifest
+    from service.server import serve
 
-    # The lifespan loads the model again; checking the contract here first turns a wrong folder, checksum or
-    # precision into one line and a non-zero exit instead of uvicorn's start-up traceback.
+    # The model loads in the background once the port is open; checking the contract here first turns a wrong
+    # folder, checksum or precision into one line and a non-zero exit instead of a failed readiness probe.
     check_manifest(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
-    return 0
+    return serve(settings)
 
 
 def _upscale(args: argparse.Namespace) -> int:
@@ -160,9 +162,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 to accept other machines)")
     serve.add_argument("--port", type=int, help="default 8000")
     _add_model_flags(serve)
-    serve.add_argument("--max-concurrent-requests", type=int, help="upscales running at once (default 1)")
+    serve.add_argument("--max-concurrent-requests", type=int, help="batches running at once (default 1)")
     serve.add_argument("--max-queued-requests", type=int, help="upscales waiting; beyond, 503 (default 8)")
+    serve.add_argument(
+        "--max-batch",
+        type=int,
+        help=f"samples per engine batch, across requests; 1 turns batching off (default {MAX_SAMPLES})",
+    )
+    serve.add_argument("--max-batch-delay-ms", type=float, help="how long a batch waits to fill (default 5)")
     serve.add_argument("--max-body-bytes", type=int, help="larger bodies get 413 (default 1048576)")
+    serve.add_argument("--request-timeout-s", type=float, help="deadline per upscale, 504 past it (default 60)")
+    serve.add_argument("--shutdown-grace-s", type=float, help="time to finish admitted work on SIGTERM (default 8)")
+    serve.add_argument("--max-connections", type=int, help="open connections; more are closed (default 64)")
     serve.add_argument("--trt-cache-dir", type=Path, help="TensorRT engine cache (default engines_dir/model/tensorrt)")
     serve.set_defaults(handler=_serve)
 
@@ -200,6 +211,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--write", type=Path, help="append the Markdown report to this file (docs/BENCHMARKS.md)")
     _add_model_flags(bench)
     bench.set_defaults(handler=_bench)
+
+    load = commands.add_parser(
+        "loadtest", help="N clients send /upscale to a running server: throughput, latency, statuses, batch sizes"
+    )
+    load.add_argument("--url", default="http://127.0.0.1:8000", help="the server (loopback unless --allow-remote)")
+    load.add_argument("--image", type=Path, required=True, help="the 64x64 PNG or DICOM every request sends")
+    load.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    amount = load.add_mutually_exclusive_group()
+    amount.add_argument("--requests", type=int, help="requests in all (default 100)")
+    amount.add_argument("--duration", type=float, help="seconds to keep sending")
+    load.add_argument("--steps", type=int, help="steps query parameter (default: the server's)")
+    load.add_argument("--samples", type=int, help="samples query parameter (default: the server's)")
+    load.add_argument("--timeout", type=float, default=120.0, help="client timeout per request, s (default 120)")
+    load.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    load.set_defaults(handler=_loadtest)
 
     build = commands.add_parser(
         "build-engines", help="build (or load from the cache) a TensorRT engine per component, on this GPU"
@@ -239,6 +265,29 @@ def _build_engines(args: argparse.Namespace) -> int:
     for report in reports:
         print(f"{report.action} {report.component} ({report.precision}): {report.plan}")
     return 0
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    import os
+
+    from service.loadtest import run_load
+
+    content_type = INPUT_TYPES.get(args.image.suffix.lower(), "application/octet-stream")
+    params = {name: value for name in ("steps", "samples") if (value := getattr(args, name)) is not None}
+    report = run_load(
+        args.url,
+        args.image.read_bytes(),
+        content_type,
+        clients=args.clients,
+        requests=None if args.duration is not None else (args.requests or 100),
+        duration_s=args.duration,
+        params=params,
+        timeout_s=args.timeout,
+        api_key=os.environ.get("XRAYSR_API_KEY"),
+        allow_remote=args.allow_remote,
+    )
+    print(report.summary())
+    return 0 if report.statuses and not any(status >= 500 and status != 503 for status in report.statuses) else 1
 
 
 def _bench(args: argparse.Namespace) -> int:

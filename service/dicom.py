@@ -1,10 +1,16 @@
 """DICOM bodies → 8-bit grayscale: rules 5 and 6 of service/imaging.py, kept apart because they are half of it.
 
 pydicom is imported when the first DICOM body arrives, so a PNG-only deployment never loads it.
+
+Nothing is allocated that the header has not bounded first. pydicom inflates a Deflated-transfer-syntax
+dataset whole before it reads a single element (a 1 MB body can become 1 GB), so the file meta is read here
+and the dataset inflated with a cap of ``MAX_DATASET_BYTES``; an encapsulated (JPEG, JPEG 2000) frame declares
+its own size, which is checked against Rows and Columns before its codec allocates anything.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -20,7 +26,13 @@ from service.imaging import (
     _check_pixel_count,
     _check_size,
     _looks_like,
+    open_image_header,
 )
+
+DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+RLE_TRANSFER_SYNTAX = "1.2.840.10008.1.2.5"
+# An xraysr input's dataset is a few kB of attributes and 8 kB of pixels; 4 MiB leaves room for private tags.
+MAX_DATASET_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ class _DicomHeader:
 
 def decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.ndarray, str | None]:
     try:
-        import pydicom
+        import pydicom  # noqa: F401 - the package itself: a cached submodule would not say it is gone
         from pydicom.errors import BytesLengthException, InvalidDicomError
     except ImportError as error:
         raise UnsupportedMediaType(
@@ -53,9 +65,11 @@ def decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.n
             "(pip install pydicom); send a PNG instead"
         ) from error
     errors = (InvalidDicomError, BytesLengthException, *_DICOM_ERRORS)
-    # 1. Parse and read the header.
+    # 1. Parse and read the header, inflating a deflated dataset with a cap.
     try:
-        dataset = pydicom.dcmread(BytesIO(data))
+        dataset = _read_dataset(data)
+    except ImageError:
+        raise
     except errors as error:
         received = _looks_like(data)
         hint = f" (it looks like {received})" if received and received != "a DICOM file" else ""
@@ -68,15 +82,63 @@ def decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.n
         raise InvalidImage(f"corrupt DICOM header: {error}") from error
     # 2. Refuse what cannot be an X-ray for this model, before decoding pixels.
     _check_dicom_header(header, expected_size, max_pixels)
-    # 3. Decode the stored values.
+    # 3. Decode the stored values; a compressed frame's own header is checked before its codec runs.
     try:
+        _check_compressed_frame(dataset, header)
         stored = np.asarray(dataset.pixel_array)
+    except ImageError:
+        raise
     except errors as error:
         raise InvalidImage(f"cannot decode the DICOM pixel data ({header.transfer_syntax}): {error}") from error
     if stored.shape != (header.rows, header.columns):
         raise InvalidImage(f"DICOM pixel data has shape {stored.shape}, its header says {header.rows}x{header.columns}")
     # 4. Modality LUT, then VOI (window or full range) onto 0..255, then MONOCHROME1 inversion.
     return _dicom_to_gray8(stored, header)
+
+
+def _read_dataset(data: bytes) -> Any:  # a pydicom Dataset
+    """``pydicom.dcmread``, except that a deflated dataset is inflated here, never past MAX_DATASET_BYTES."""
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    stream = BytesIO(data)
+    read_preamble(stream, False)
+    meta = _read_file_meta_info(stream)
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_TRANSFER_SYNTAX:
+        return pydicom.dcmread(BytesIO(data))
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = inflater.decompress(stream.read(), MAX_DATASET_BYTES + 1)
+    if len(inflated) > MAX_DATASET_BYTES:
+        raise InvalidImage(
+            f"the Deflated DICOM dataset inflates to more than {MAX_DATASET_BYTES} bytes, this server's limit for "
+            "a 64x64 image (decompression-bomb guard); nothing was decoded"
+        )
+    dataset = read_dataset(BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
+    # Once inflated the pixel data is native Explicit VR Little Endian, which is what pydicom then decodes.
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    dataset.file_meta = meta
+    return dataset
+
+
+def _check_compressed_frame(dataset: Any, header: _DicomHeader) -> None:
+    """An encapsulated frame's codec allocates what the frame's own header declares, not Rows x Columns."""
+    transfer_syntax = dataset.file_meta.TransferSyntaxUID
+    if not transfer_syntax.is_compressed or transfer_syntax == RLE_TRANSFER_SYNTAX:
+        return  # native data is Rows x Columns by construction; pydicom's RLE decoder sizes from the header too
+    from pydicom.encaps import generate_frames
+    from pydicom.pixels import get_decoder
+
+    if not get_decoder(transfer_syntax).is_available:
+        return  # pydicom refuses it with its own reason, naming the missing plugin
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=1), b"")
+    image = open_image_header(frame, formats=None, what="the DICOM's compressed frame")
+    with image:
+        if image.size != (header.columns, header.rows):
+            width, height = image.size
+            raise InvalidImage(
+                f"the DICOM's compressed frame is {width}x{height} but its header says "
+                f"{header.columns}x{header.rows}; nothing was decoded"
+            )
 
 
 def _read_dicom_header(dataset: Any) -> _DicomHeader:  # a pydicom Dataset; pydicom is imported lazily
@@ -143,8 +205,7 @@ def _check_dicom_header(header: _DicomHeader, expected_size: int, max_pixels: in
         )
     if header.has_modality_lut_sequence:
         raise UnsupportedPixels("DICOM with a Modality LUT Sequence: only RescaleSlope/RescaleIntercept are supported")
-    if header.slope == 0 or not np.isfinite([header.slope, header.intercept]).all():
-        raise InvalidImage(f"invalid RescaleSlope {header.slope} / RescaleIntercept {header.intercept}")
+    _check_rescale(header)
     if header.window is not None:
         center, width = header.window
         if header.voi_function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
@@ -155,6 +216,35 @@ def _check_dicom_header(header: _DicomHeader, expected_size: int, max_pixels: in
             raise InvalidImage(f"invalid window: WindowCenter {center}, WindowWidth {width}")
 
 
+def _check_rescale(header: _DicomHeader) -> None:
+    """The modality LUT must map the stored range onto a finite, non-empty range of float64 values."""
+    for name, value in (("RescaleSlope", header.slope), ("RescaleIntercept", header.intercept)):
+        if not np.isfinite(value):
+            raise InvalidImage(f"invalid DICOM {name} {value}: it must be a finite number")
+    if header.slope == 0:
+        raise InvalidImage("invalid DICOM RescaleSlope 0: it would map every pixel to one value")
+    low, high = _rescaled_range(header)
+    if not (np.isfinite(low) and np.isfinite(high)) or not high > low:
+        culprit = "RescaleSlope" if abs(header.slope) > abs(header.intercept) else "RescaleIntercept"
+        raise InvalidImage(
+            f"invalid DICOM {culprit}: RescaleSlope {header.slope} and RescaleIntercept {header.intercept} "
+            f"{'overflow' if not np.isfinite([low, high]).all() else 'collapse'} the stored pixel range in "
+            "floating point"
+        )
+
+
+def _stored_range(header: _DicomHeader) -> tuple[int, int]:
+    if header.signed:
+        return -(2 ** (header.bits_stored - 1)), 2 ** (header.bits_stored - 1) - 1
+    return 0, 2**header.bits_stored - 1
+
+
+def _rescaled_range(header: _DicomHeader) -> tuple[float, float]:
+    with np.errstate(over="ignore", invalid="ignore"):
+        ends = sorted(float(np.float64(end) * header.slope + header.intercept) for end in _stored_range(header))
+    return ends[0], ends[1]
+
+
 def _dicom_to_gray8(stored: np.ndarray, header: _DicomHeader) -> tuple[np.ndarray, str | None]:
     values = stored.astype(np.float64) * header.slope + header.intercept  # PS3.3 C.11.1.1.2 modality LUT
     steps: list[str] = []
@@ -162,13 +252,9 @@ def _dicom_to_gray8(stored: np.ndarray, header: _DicomHeader) -> tuple[np.ndarra
         gray = _apply_window(values, *header.window, header.voi_function)
         steps.append("window_applied")
     else:
-        if header.signed:
-            low_stored, high_stored = -(2 ** (header.bits_stored - 1)), 2 ** (header.bits_stored - 1) - 1
-        else:
-            low_stored, high_stored = 0, 2**header.bits_stored - 1
-        ends = sorted(end * header.slope + header.intercept for end in (low_stored, high_stored))
-        gray = (values - ends[0]) * (255.0 / (ends[1] - ends[0]))
-        if (low_stored, high_stored, header.slope, header.intercept) != (0, 255, 1.0, 0.0):
+        low, high = _rescaled_range(header)
+        gray = (values - low) * (255.0 / (high - low))
+        if (*_stored_range(header), header.slope, header.intercept) != (0, 255, 1.0, 0.0):
             steps.append("full_range_rescaled")
     gray8 = np.rint(np.clip(gray, 0.0, 255.0)).astype(np.uint8)
     if header.photometric == "MONOCHROME1":  # PS3.3 C.7.6.3.1.2: minimum value is white

@@ -43,7 +43,7 @@ from io import BytesIO
 from typing import ClassVar, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DICOM_MAGIC = b"DICM"
@@ -61,6 +61,11 @@ COLOUR_MODE_CONVERSIONS = {
     "PA": "palette_to_luma",
 }
 SourceFormat = Literal["png", "dicom"]
+
+# Pillow inflates compressed text chunks (zTXt, iTXt) up to 1 MB each and 64 MB per image; an X-ray needs none
+# of them, and a 1 MiB body of many small chunks must not become 64 MB.
+PngImagePlugin.MAX_TEXT_CHUNK = 64 << 10
+PngImagePlugin.MAX_TEXT_MEMORY = 256 << 10
 
 # What Pillow raises on hostile bytes: decoder failures are OSError, header parsing raises the rest.
 _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError, TypeError)
@@ -87,6 +92,10 @@ class EmptyBody(ImageError):
 
 class BodyTooLarge(ImageError):
     status_code = 413
+
+
+class BodyTimeout(ImageError):
+    status_code = 408
 
 
 class UnsupportedMediaType(ImageError):
@@ -245,16 +254,21 @@ def _decode_png(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.nd
 
 
 def _open_png_header(data: bytes) -> Image.Image:
+    return open_image_header(data, formats=("PNG",), what="PNG")
+
+
+def open_image_header(data: bytes, formats: tuple[str, ...] | None, what: str) -> Image.Image:
+    """Pillow's lazy open: the header is parsed and the size known, but no pixel is decoded yet."""
     with _PNG_OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(BytesIO(data), formats=("PNG",))
+            image = Image.open(BytesIO(data), formats=formats)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise InvalidImage(f"decompression bomb refused before decoding: {error}") from error
         except UnidentifiedImageError as error:
-            raise InvalidImage("corrupt PNG: its header (IHDR chunk) cannot be read") from error
+            raise InvalidImage(f"corrupt {what}: its header cannot be read") from error
         except _PILLOW_ERRORS as error:
-            raise InvalidImage(f"corrupt PNG header: {error}") from error
+            raise InvalidImage(f"corrupt {what} header: {error}") from error
     return image
 
 

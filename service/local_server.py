@@ -33,8 +33,23 @@ def local_server(
     """Yields the base URL once /readyz answers 200; stops the server on exit.
 
     ``env`` adds ``XRAYSR_*`` settings; the server's output goes to ``log`` (a temporary file by default).
-    It must go to a file: uvicorn logs a line per request, and an unread pipe fills up and stalls the server.
+    It must go to a file: the server logs a line per request, and an unread pipe fills up and stalls it.
     """
+    with local_server_process(engines_dir, model, threads, ready_timeout, precision, env, log) as (base_url, _):
+        yield base_url
+
+
+@contextmanager
+def local_server_process(
+    engines_dir: Path,
+    model: str,
+    threads: int | None = None,
+    ready_timeout: float = 120.0,
+    precision: str | None = None,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``local_server``, also yielding the process (to signal it, or to read its memory from /proc)."""
     import httpx
 
     port = free_port()
@@ -74,11 +89,11 @@ def local_server(
                         if client.get("/readyz").status_code == 200:
                             break
                     except httpx.TransportError:
-                        pass  # not listening yet: the lifespan is still loading the model
+                        pass  # not listening yet
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"xraysr serve did not become ready within {ready_timeout:.0f} s")
                     time.sleep(0.1)
-            yield base_url
+            yield base_url, server
         finally:
             server.terminate()
             try:

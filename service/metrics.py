@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+access_logger = logging.getLogger("xraysr.access")
+
 # 1 ms (a PNG encode) to 10 s (a long denoise on a Jetson Nano); Prometheus' defaults stop being useful below 5 ms.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# Why an admitted upscale was answered without its image (counted beside, not as, the status codes).
+ABANDON_REASONS = ("client_disconnected", "deadline", "shutdown")
 
 
 class ServiceMetrics:
@@ -38,6 +44,32 @@ class ServiceMetrics:
         self.inflight = Gauge(
             "xraysr_inflight_requests", "Upscale requests being handled, queued ones included.", registry=self.registry
         )
+        self.batch_requests = Histogram(
+            "xraysr_batch_requests",
+            "Requests per engine batch run (dynamic batching).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_samples = Histogram(
+            "xraysr_batch_samples",
+            "Samples (the engines' batch size) per batch run.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batches_stopped = Counter(
+            "xraysr_batches_stopped",
+            "Batches stopped between denoising steps because none of their clients was still waiting.",
+            registry=self.registry,
+        )
+        self.abandoned = Counter(
+            "xraysr_upscale_abandoned",
+            "Admitted upscales answered without an image: client_disconnected (answered 499, never sent), "
+            "deadline (504), shutdown (503 after the grace period).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ABANDON_REASONS:
+            self.abandoned.labels(reason=reason)
         self.model_info = Gauge(
             "xraysr_model_info",
             "The model being served (always 1).",
@@ -53,6 +85,10 @@ class ServiceMetrics:
         self.requests_total.labels(endpoint=endpoint, status=str(status)).inc()
         self.request_duration.labels(endpoint=endpoint).observe(seconds)
 
+    def observe_batch(self, requests: int, samples: int) -> None:
+        self.batch_requests.observe(requests)
+        self.batch_samples.observe(samples)
+
     def observe_stages(self, stage_seconds: Mapping[str, float]) -> None:
         for stage, seconds in stage_seconds.items():
             self.stage_duration.labels(stage=stage).observe(seconds)
@@ -63,7 +99,7 @@ class ServiceMetrics:
 
 
 class RequestMetricsMiddleware:
-    """Counts and times every request to ``endpoints``, whatever answered it: the route, a validation error
+    """Counts, times and logs every request to ``endpoints``, whatever answered it: the route, a validation error
     raised before the route ran, or an unhandled exception (counted as 500). Pure ASGI, so responses are not
     buffered. Other paths (/docs, 404s) are not counted, which keeps the endpoint label's cardinality fixed.
     """
@@ -93,4 +129,7 @@ class RequestMetricsMiddleware:
         finally:
             if counts_inflight:
                 self.metrics.inflight.dec()
-            self.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(endpoint, status, seconds)
+            # Method, path, status and time only: query strings and bodies may carry patient data.
+            access_logger.info("%s %s %d %.1f ms", scope.get("method"), endpoint, status, 1000 * seconds)

@@ -6,13 +6,14 @@ that names the setting, instead of surfacing later as a failed request.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.manifest import MANIFEST_NAME, manifest_name
+from service.manifest import MANIFEST_NAME, MAX_SAMPLES, manifest_name
 from service.validation import describe_validation_error
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -39,9 +40,37 @@ class Settings(BaseSettings):
         "fp32", description="fp32 serves manifest.json, int8 manifest.int8.json (`xraysr quantize`)."
     )
     threads: int | None = Field(None, ge=1, description="Intra-op threads per inference; None lets the runtime pick.")
-    max_concurrent_requests: int = Field(1, ge=1, description="Upscales running at once.")
-    max_queued_requests: int = Field(8, ge=0, description="Upscales waiting for a slot; more are refused with 503.")
+    max_concurrent_requests: int = Field(1, ge=1, description="Batches running at once.")
+    max_queued_requests: int = Field(8, ge=0, description="Upscales waiting for a batch; more are refused with 503.")
+    max_batch: int = Field(
+        MAX_SAMPLES,
+        ge=1,
+        le=64,
+        description="Diffusion samples run as one engine batch: concurrent requests with the same steps are "
+        "gathered up to this many samples. 1 turns batching off.",
+    )
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, le=1000, description="How long the first request of a batch waits for others to join it."
+    )
+    max_decoding: int = Field(2, ge=1, le=64, description="Bodies decoded at once (bounds decoder memory).")
     max_body_bytes: int = Field(1 << 20, ge=1 << 10, description="Larger request bodies are refused with 413.")
+    request_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Deadline per upscale (504 past it); X-Request-Timeout may lower it."
+    )
+    shutdown_grace_s: float = Field(
+        8.0, ge=0, le=600, description="After SIGTERM, admitted work has this long to finish (docker stop: 10 s)."
+    )
+    header_timeout_s: float = Field(10.0, gt=0, le=600, description="A request's headers must arrive within this.")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="A request's body must arrive within this (408).")
+    keep_alive_s: float = Field(5.0, gt=0, le=600, description="Idle keep-alive connections are closed after this.")
+    max_connections: int = Field(64, ge=1, le=65536, description="Open connections; more are closed on accept.")
+    api_key: SecretStr | None = Field(
+        None, min_length=16, description="When set, /upscale needs 'Authorization: Bearer <api_key>'."
+    )
+    protect_metrics: bool = Field(False, description="/metrics needs the bearer token too (needs api_key).")
+    allow_unauthenticated: bool = Field(
+        False, description="Serve without api_key on a non-loopback address (behind a proxy that authenticates)."
+    )
     trt_cache_dir: Path | None = Field(
         None, description="TensorRT engines built on this device (default engines_dir/model/tensorrt)."
     )
@@ -55,6 +84,27 @@ class Settings(BaseSettings):
     @property
     def model_dir(self) -> Path:
         return self.engines_dir / self.model
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: it may resolve to anything
+
+    @model_validator(mode="after")
+    def _exposure_is_a_choice(self) -> Settings:
+        if self.protect_metrics and self.api_key is None:
+            raise ValueError("protect_metrics needs api_key (XRAYSR_API_KEY): there is no token to protect it with")
+        if not self.is_loopback and self.api_key is None and not self.allow_unauthenticated:
+            raise ValueError(
+                f"host {self.host} accepts other machines, and no api_key is set: set XRAYSR_API_KEY (16+ "
+                "characters; clients send 'Authorization: Bearer <key>'), or XRAYSR_ALLOW_UNAUTHENTICATED=1 "
+                "if a reverse proxy authenticates (README: Exposing xraysr)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _model_dir_holds_a_manifest(self) -> Settings:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
-from service.api.deps import MetricsDep
+from service.api.deps import MetricsDep, require_token_for_metrics
 
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", summary="Prometheus metrics.", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (with protect_metrics, behind the bearer token).",
+    response_class=Response,
+    dependencies=[Depends(require_token_for_metrics)],
+)
 async def prometheus_metrics(metrics: MetricsDep) -> Response:
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

@@ -1,4 +1,4 @@
-"""Liveness and readiness, for Docker HEALTHCHECK, Kubernetes probes and load balancers."""
+"""Liveness and readiness, for Docker HEALTHCHECK, Kubernetes probes and load balancers (GET and HEAD)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,32 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from service.lifecycle import Lifecycle
+
 router = APIRouter(tags=["probes"])
 
 
-@router.get("/healthz", summary="The process answers (it may still be loading the model).")
+@router.api_route(
+    "/healthz", methods=["GET", "HEAD"], summary="The process answers (it may still be loading the model)."
+)
 async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get(
+@router.api_route(
     "/readyz",
-    summary="The model is loaded and warmed up: 200 with what is served, else 503.",
-    responses={503: {"description": "Still loading, or shutting down."}},
+    methods=["GET", "HEAD"],
+    summary="The model is loaded and the server takes work: 200 with what is served, else 503 and why.",
+    responses={503: {"description": "loading, draining (shutting down), or failed (the model did not load)."}},
 )
 async def readyz(request: Request) -> Any:
+    lifecycle: Lifecycle = request.app.state.lifecycle
     pipeline = request.app.state.pipeline
-    if pipeline is None:
-        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+    if lifecycle.state != "ready" or pipeline is None:
+        body: dict[str, str] = {"status": lifecycle.state if lifecycle.state != "ready" else "draining"}
+        if lifecycle.load_error is not None:
+            body["detail"] = lifecycle.load_error
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     manifest = pipeline.manifest
     return {
         "status": "ready",

@@ -1,11 +1,17 @@
 """POST /upscale: a 64×64 chest X-ray (PNG or DICOM) in, its 256×256 super-resolution out as an 8-bit PNG.
 
-Where each answer is decided:
-  413  the body is read with a cap (Content-Length first, then while streaming) — `read_body`
-  400/415/422  the body is not a usable image — service/imaging.py, mapped here from ImageError
-  422  steps outside the manifest's range — `check_steps`; samples outside 1..MAX_SAMPLES — `check_samples`;
-       not an integer — FastAPI, worded by api/errors.py
-  503  the model is not loaded yet (api/deps.py) or every slot and queue place is taken (service/concurrency.py)
+A request's life, and where each answer is decided:
+  401  no valid bearer token, when the server has an api_key — api/deps.py
+  422  an unknown query parameter, steps/samples/seed out of range, a bad X-Request-Timeout — before anything
+       is read
+  503  the model is still loading or the server is shutting down (api/deps.py); every place is taken
+       (service/concurrency.py): decided at the door, before the body is read
+  413/408  the body is read with a cap (Content-Length first, then while streaming) and a time limit
+  400/415/422  the body is not a usable image — service/imaging.py, decoded in a small bounded pool
+  200  the batcher (service/batching.py) ran it, alone or with others of the same steps
+  504  the deadline (request_timeout_s, or the client's lower X-Request-Timeout) passed first
+  499  the client disconnected first (nobody reads it; /metrics counts it as abandoned)
+  503  the shutdown grace period ended first
   500  anything else is a bug: logged with the request's context, and the server keeps serving
 """
 
@@ -17,27 +23,40 @@ import secrets
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.api.deps import AdmissionDep, MetricsDep, PipelineDep, SettingsDep
+from service.api.deps import (
+    AdmissionDep,
+    BatcherDep,
+    LifecycleDep,
+    MetricsDep,
+    PipelineDep,
+    SettingsDep,
+    reject_unknown_query,
+    require_token,
+)
+from service.batching import Batcher, Job, JobResult, ShuttingDown
 from service.concurrency import Overloaded
-from service.imaging import BodyTooLarge, DecodedImage, ImageError, check_body_size, decode_image, encode_png
+from service.imaging import BodyTimeout, BodyTooLarge, DecodedImage, ImageError, check_body_size, decode_image
 from service.manifest import MAX_SAMPLES, Manifest
-from service.pipeline import SRPipeline, UpscaleResult, check_samples
-from service.sampler import SEED_MAX
-from service.uncertainty import UNCERTAINTY_SCALE, uncertainty_png
+from service.metrics import ServiceMetrics
+from service.pipeline import UpscaleResult, check_samples
+from service.sampler import SEED_MAX, sample_seeds
+from service.settings import Settings
+from service.uncertainty import UNCERTAINTY_SCALE
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["upscale"])
 
 ENDPOINT = "/upscale"
 RAW_TYPES = ("image/png", "application/dicom")
-STAGES = ("decode", "encode", "denoise", "vae_decode", "png", "total")
+STAGES = ("decode", "queue", "encode", "denoise", "vae_decode", "png", "total")
 
 _REQUEST_BODY = {
     "required": True,
@@ -61,10 +80,16 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "map) base64-encoded when Accept asks for JSON.",
     },
     400: {"description": "Empty body, or a malformed multipart form."},
+    401: {"description": "The server has an api_key and the request has no valid bearer token."},
+    408: {"description": "The body did not arrive within body_timeout_s."},
     413: {"description": "The body is larger than max_body_bytes."},
     415: {"description": "Neither image/png, application/dicom nor multipart/form-data."},
-    422: {"description": "Not a decodable image, the wrong size or pixel type, or bad steps/seed/samples."},
-    503: {"description": "Still loading, or busy (Retry-After: 1)."},
+    422: {
+        "description": "Not a decodable image, the wrong size or pixel type, bad steps/seed/samples/"
+        "X-Request-Timeout, or an unknown query parameter."
+    },
+    503: {"description": "Still loading, busy, or shutting down (Retry-After: 1)."},
+    504: {"description": "The deadline passed before the upscale finished."},
 }
 
 
@@ -90,18 +115,24 @@ def check_samples_query(samples: int | None, manifest: Manifest) -> int:
         raise HTTPException(422, str(error)) from error
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``, and with 408 if it has
+    not all arrived within ``timeout_s`` (a stalled upload must not hold its place and its memory forever)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit():
         check_body_size(int(declared), max_bytes)
     chunks, received = [], 0
-    # A missing or understated Content-Length (chunked uploads) is caught while reading, before it is all in memory.
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes:
-            raise BodyTooLarge(f"the request body is over {max_bytes} bytes, this server's limit; nothing was decoded")
-        chunks.append(chunk)
+    with anyio.move_on_after(timeout_s) as timer:
+        # A missing or understated Content-Length (chunked uploads) is caught while reading, before it is all in.
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise BodyTooLarge(
+                    f"the request body is over {max_bytes} bytes, this server's limit; nothing was decoded"
+                )
+            chunks.append(chunk)
+    if timer.cancelled_caught:
+        raise BodyTimeout(f"the request body did not arrive within {timeout_s:g} s ({received} bytes came)")
     return b"".join(chunks)
 
 
@@ -130,17 +161,68 @@ def wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "").lower()
 
 
+def request_deadline(request: Request, settings: Settings) -> float:
+    """Seconds this request may take: the server's ``request_timeout_s``, or the client's lower
+    X-Request-Timeout (a client cannot raise it)."""
+    given = request.headers.get("x-request-timeout")
+    if given is None:
+        return settings.request_timeout_s
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise HTTPException(422, f"X-Request-Timeout must be a positive number of seconds, got {given!r}")
+    return min(seconds, settings.request_timeout_s)
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _answer_unless_disconnected(request: Request, batcher: Batcher, job: Job) -> JobResult:
+    """The job's answer; raises _Disconnected (and abandons the job) as soon as the client goes away."""
+    outcome: JobResult | BaseException | None = None
+
+    async def work() -> None:
+        nonlocal outcome
+        try:
+            outcome = await batcher.submit(job)
+        except Exception as error:  # noqa: BLE001 - re-raised below, outside the task group
+            outcome = error
+        tasks.cancel_scope.cancel()
+
+    async def watch() -> None:
+        nonlocal outcome
+        # The body has been read, so the next ASGI message is the disconnect, whenever it comes.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        outcome = _Disconnected()
+        tasks.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(work)
+        tasks.start_soon(watch)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    assert outcome is not None
+    return outcome
+
+
 @router.post(
     ENDPOINT,
     summary="Upscale a 64×64 chest X-ray 4× with latent diffusion.",
     response_class=Response,
     responses=_RESPONSES,
     openapi_extra={"requestBody": _REQUEST_BODY},
+    dependencies=[Depends(require_token), Depends(reject_unknown_query)],
 )
 async def upscale(
     request: Request,
     pipeline: PipelineDep,
     admission: AdmissionDep,
+    batcher: BatcherDep,
+    lifecycle: LifecycleDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     steps: Annotated[
@@ -156,25 +238,35 @@ async def upscale(
             "default_samples); sample k uses seed + k. Above 1 the JSON answer adds their per-pixel spread."
         ),
     ] = None,
+    x_request_timeout: Annotated[
+        str | None,
+        Header(description="Seconds this request may take, at most the server's request_timeout_s (504 past it)."),
+    ] = None,
 ) -> Response:
     started = time.perf_counter()
     steps = check_steps(steps, pipeline.manifest)
     samples = check_samples_query(samples, pipeline.manifest)
     seed = secrets.randbelow(SEED_MAX + 1) if seed is None else seed
+    deadline_s = request_deadline(request, settings)
     try:
-        data, content_type = await image_from_request(request, await read_body(request, settings.max_body_bytes))
-        decoded, decode_seconds = await run_in_threadpool(_decode, data, content_type, pipeline.manifest)
-        as_json = wants_json(request)
-        result, png, spread_png, png_seconds = await admission.run(
-            lambda: _upscale_and_encode(pipeline, decoded, steps, seed, samples, spread_png=as_json)
-        )
+        with admission.admit(), lifecycle.request_scope() as shutdown, anyio.move_on_after(deadline_s) as deadline:
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+            data, content_type = await image_from_request(request, body)
+            decoded, decode_seconds = await anyio.to_thread.run_sync(
+                _decode, data, content_type, pipeline.manifest, limiter=admission.decoding
+            )
+            as_json = wants_json(request)
+            job = Job(pixels=decoded.pixels, steps=steps, seeds=sample_seeds(seed, samples), spread_png=as_json)
+            answer = await _answer_unless_disconnected(request, batcher, job)
     except ImageError as error:
         return JSONResponse({"detail": error.message}, status_code=error.status_code)
     except Overloaded as error:
         return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
-    except ClientDisconnect:
-        logger.info("client disconnected before its body was complete")
-        return JSONResponse({"detail": "the client disconnected before the body was complete"}, status_code=400)
+    except ShuttingDown:
+        return _abandoned(metrics, "shutdown")
+    except (ClientDisconnect, _Disconnected):
+        logger.info("client disconnected before its answer")
+        return _abandoned(metrics, "client_disconnected")
     except StarletteHTTPException:
         raise  # already a client error with its status (FastAPI's own, or Starlette's 400 for a broken form)
     except Exception:
@@ -188,11 +280,16 @@ async def upscale(
             request.headers.get("content-length", "?"),
         )
         return JSONResponse({"detail": "internal error while upscaling; the server log has the details"}, 500)
+    if shutdown.cancelled_caught:
+        return _abandoned(metrics, "shutdown")
+    if deadline.cancelled_caught:
+        return _abandoned(metrics, "deadline", deadline_s)
 
-    stage_seconds = {"decode": decode_seconds, **result.stage_seconds, "png": png_seconds}
+    result = answer.result
+    stage_seconds = {"decode": decode_seconds, **answer.stage_seconds}
     stage_seconds["total"] = time.perf_counter() - started
     metrics.observe_stages(stage_seconds)
-    # The six host stages always, in order; a GPU runtime adds its CUDA-event times ("denoise_gpu", …) after.
+    # The host stages always, in order; a GPU runtime adds its CUDA-event times ("denoise_gpu", …) after.
     stage_ms = {
         stage: 1000 * stage_seconds[stage] for stage in (*STAGES, *(s for s in stage_seconds if s not in STAGES))
     }
@@ -203,26 +300,40 @@ async def upscale(
         "X-Steps": str(result.steps),
         "X-Seed": str(result.seed),
         "X-Samples": str(result.samples),
+        "X-Batch-Samples": str(answer.batch_samples),
     }
     if decoded.conversion:
         headers["X-Input-Conversion"] = decoded.conversion
     if as_json:
         return JSONResponse(
             {
-                "image_png_base64": base64.b64encode(png).decode("ascii"),
+                "image_png_base64": base64.b64encode(answer.png).decode("ascii"),
                 "width": int(result.image.shape[1]),
                 "height": int(result.image.shape[0]),
                 "steps": result.steps,
                 "seed": result.seed,
                 "samples": result.samples,
-                **_uncertainty_fields(result, spread_png),
+                **_uncertainty_fields(result, answer.spread_png),
                 "model_version": manifest.version,
                 "stage_ms": {stage: round(ms, 3) for stage, ms in stage_ms.items()},
                 "input_conversion": decoded.conversion,
+                "batch_samples": answer.batch_samples,
             },
             headers=headers,
         )
-    return Response(png, media_type="image/png", headers=headers)
+    return Response(answer.png, media_type="image/png", headers=headers)
+
+
+def _abandoned(metrics: ServiceMetrics, reason: str, deadline_s: float = 0.0) -> JSONResponse:
+    metrics.abandoned.labels(reason=reason).inc()
+    if reason == "deadline":
+        detail, status = f"the upscale did not finish within its deadline of {deadline_s:g} s", 504
+    elif reason == "shutdown":
+        detail, status = "the server is shutting down and this upscale could not finish in time; retry", 503
+    else:
+        detail, status = "the client disconnected before its answer", 499
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 def _decode(data: bytes, content_type: str | None, manifest: Manifest) -> tuple[DecodedImage, float]:
@@ -244,15 +355,3 @@ def _uncertainty_fields(result: UpscaleResult, spread_png: bytes | None) -> dict
         "uncertainty_scale": UNCERTAINTY_SCALE,
         "uncertainty_mean": round(float(result.uncertainty.mean()), 4),
     }
-
-
-def _upscale_and_encode(
-    pipeline: SRPipeline, decoded: DecodedImage, steps: int, seed: int, samples: int, spread_png: bool
-) -> tuple[UpscaleResult, bytes, bytes | None, float]:
-    """The upscale, its PNG and, when ``spread_png`` and there are several samples, the uncertainty map's PNG
-    (only the JSON answer carries it); both encodings are the "png" stage."""
-    result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed, samples=samples)
-    started = time.perf_counter()
-    png = encode_png(result.image)
-    spread = uncertainty_png(result.uncertainty) if spread_png and result.uncertainty is not None else None
-    return result, png, spread, time.perf_counter() - started

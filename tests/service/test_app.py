@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import SecretStr
 
 from service.app import create_app
-from service.concurrency import Admission
-from service.engine import load_pipeline
 from service.manifest import read_manifest, write_manifest
 from service.settings import Settings
 
-STAGES = ["decode", "encode", "denoise", "vae_decode", "png", "total"]
+STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "total"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,11 @@ def test_before_the_lifespan_ran_it_is_alive_but_not_ready(engine_settings: Sett
 
 def test_ready_names_what_is_served(client: TestClient) -> None:
     assert client.get("/readyz").json() == {
-        "status": "ready", "model": "tiny", "version": "tiny-test", "backend": "onnxruntime", "precision": "fp32"
+        "status": "ready",
+        "model": "tiny",
+        "version": "tiny-test",
+        "backend": "onnxruntime",
+        "precision": "fp32",
     }
 
 
@@ -110,7 +113,8 @@ def test_multipart_json_and_conversion(client: TestClient, make_png: Callable[[n
         ({"files": {"image": ("lr.png", b"x", "image/png")}}, 422, "a file field named 'file'"),
         (
             {"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=zzz"}},
-            400, "Invalid multipart data",
+            400,
+            "Invalid multipart data",
         ),
         ({"params": {"steps": 51}}, 422, "steps must be between 2 and 50 for model tiny tiny-test, got 51"),
         ({"params": {"steps": "four"}}, 422, "steps: Input should be a valid integer"),
@@ -135,7 +139,7 @@ def test_a_pipeline_bug_is_a_logged_500_and_the_server_carries_on(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("onnxruntime exploded")
 
-    monkeypatch.setattr(pipeline, "upscale", broken)
+    monkeypatch.setattr(pipeline, "upscale_batch", broken)
     with caplog.at_level(logging.ERROR, logger="service.api.upscale"):
         response = client.post("/upscale", params={"seed": 5}, content=lr_png, headers={"content-type": "image/png"})
     assert response.status_code == 500
@@ -204,34 +208,36 @@ def test_without_samples_the_manifests_default_samples_are_averaged(
 
 
 def test_beyond_the_queue_it_answers_503_with_retry_after(engine_settings: Settings, lr_png: bytes) -> None:
-    app = create_app(engine_settings)
-    pipeline = load_pipeline(engine_settings, warm_up=False)
-    app.state.pipeline, app.state.admission = pipeline, Admission(max_concurrent=1, max_queued=0)
-    release, real_upscale = threading.Event(), pipeline.upscale
-
-    def slow_upscale(*args: object, **kwargs: object) -> object:
-        release.wait(10)
-        return real_upscale(*args, **kwargs)
-
-    pipeline.upscale = slow_upscale  # type: ignore[method-assign]
+    settings = engine_settings.model_copy(update={"max_queued_requests": 0, "max_batch": 1})
+    app = create_app(settings)
+    release = threading.Event()
     statuses: list[int] = []
 
     async def main() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with app.router.lifespan_context(app):
+            pipeline = app.state.pipeline
+            real_upscale_batch = pipeline.upscale_batch
 
-            async def post() -> None:
-                response = await http.post("/upscale", content=lr_png, headers={"content-type": "image/png"})
-                statuses.append(response.status_code)
-                if response.status_code == 503:
-                    assert response.headers["retry-after"] == "1"
-                    assert "busy" in response.json()["detail"]
-                    release.set()
+            def slow_upscale_batch(*args: object, **kwargs: object) -> object:
+                release.wait(10)
+                return real_upscale_batch(*args, **kwargs)
 
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(post)
-                await anyio.sleep(0.2)
-                tasks.start_soon(post)
+            pipeline.upscale_batch = slow_upscale_batch
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+
+                async def post() -> None:
+                    response = await http.post("/upscale", content=lr_png, headers={"content-type": "image/png"})
+                    statuses.append(response.status_code)
+                    if response.status_code == 503:
+                        assert response.headers["retry-after"] == "1"
+                        assert "busy" in response.json()["detail"]
+                        release.set()
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(post)
+                    await anyio.sleep(0.2)
+                    tasks.start_soon(post)
 
     anyio.run(main)
     assert statuses == [503, 200]
@@ -241,4 +247,57 @@ def test_openapi_documents_the_upscale_body(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     upscale = client.get("/openapi.json").json()["paths"]["/upscale"]["post"]
     assert set(upscale["requestBody"]["content"]) == {"image/png", "application/dicom", "multipart/form-data"}
-    assert {parameter["name"] for parameter in upscale["parameters"]} == {"steps", "seed", "samples"}
+    assert {parameter["name"] for parameter in upscale["parameters"]} == {
+        "steps",
+        "seed",
+        "samples",
+        "x-request-timeout",
+    }
+
+
+def test_an_unknown_query_parameter_is_422_naming_it(client: TestClient, lr_png: bytes) -> None:
+    response = client.post("/upscale", params={"step": 10}, content=lr_png, headers={"content-type": "image/png"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "unknown query parameter(s): step; /upscale takes samples, seed, steps"
+
+
+@pytest.mark.parametrize("given", ["soon", "0", "-1", "nan", "inf"])
+def test_a_bad_request_timeout_header_is_422(client: TestClient, lr_png: bytes, given: str) -> None:
+    headers = {"content-type": "image/png", "x-request-timeout": given}
+    response = client.post("/upscale", content=lr_png, headers=headers)
+    assert response.status_code == 422
+    assert response.json()["detail"] == f"X-Request-Timeout must be a positive number of seconds, got {given!r}"
+
+
+def test_probes_answer_head(client: TestClient) -> None:
+    for path in ("/healthz", "/readyz"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b""
+
+
+def test_the_bearer_token_guards_upscale_and_optionally_metrics(engine_settings: Settings, lr_png: bytes) -> None:
+    key = "k" * 24
+    png = {"content": lr_png, "headers": {"content-type": "image/png"}}
+    for protect_metrics in (False, True):
+        settings = engine_settings.model_copy(update={"api_key": SecretStr(key), "protect_metrics": protect_metrics})
+        with TestClient(create_app(settings)) as client:
+            refusals = [
+                client.post("/upscale", **png),
+                client.post(
+                    "/upscale",
+                    content=lr_png,
+                    headers={"content-type": "image/png", "authorization": "Bearer " + "x" * 24},
+                ),
+                client.post(
+                    "/upscale", content=lr_png, headers={"content-type": "image/png", "authorization": "Basic " + key}
+                ),
+            ]
+            for response in refusals:
+                assert response.status_code == 401
+                assert response.json() == {"detail": "this server needs a valid bearer token"}  # never which part
+                assert response.headers["www-authenticate"] == 'Bearer realm="xraysr"'
+            authorised = {"content-type": "image/png", "authorization": f"Bearer {key}"}
+            assert client.post("/upscale", content=lr_png, headers=authorised).status_code == 200
+            assert client.get("/metrics").status_code == (401 if protect_metrics else 200)
+            assert client.get("/metrics", headers={"authorization": f"Bearer {key}"}).status_code == 200
+            assert client.get("/readyz").status_code == 200  # probes stay open for the orchestrator

@@ -22,7 +22,7 @@ from PIL import Image
 from service.local_server import local_server
 
 MAX_BODY_BYTES = 16 * 1024
-STAGES = ["decode", "encode", "denoise", "vae_decode", "png", "total"]
+STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "total"]
 
 
 class Server:

@@ -27,6 +27,7 @@ from service.imaging import (
     decode_image,
     encode_png,
 )
+from tests.service.dicom_files import dicom_file
 
 CXR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr"
 
@@ -297,64 +298,22 @@ def test_max_pixels_is_the_callers_limit(lr_png: bytes) -> None:
 # --- DICOM -----------------------------------------------------------------------------------------------------
 
 
-def _dicom(
-    stored: np.ndarray,
-    *,
-    bits_stored: int | None = None,
-    photometric: str = "MONOCHROME2",
-    samples_per_pixel: int = 1,
-    transfer_syntax: str | None = None,
-    pixel_data: bytes | None = None,
-    **elements,
-) -> bytes:
-    """A real DICOM Part 10 file (DX for presentation) holding ``stored`` as its pixel data."""
-    pydicom = pytest.importorskip("pydicom", reason="DICOM input needs pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.Rows, dataset.Columns = stored.shape[:2]
-    dataset.SamplesPerPixel = samples_per_pixel
-    dataset.PhotometricInterpretation = photometric
-    if samples_per_pixel > 1:
-        dataset.PlanarConfiguration = 0
-    dataset.BitsAllocated = stored.dtype.itemsize * 8
-    dataset.BitsStored = bits_stored or dataset.BitsAllocated
-    dataset.HighBit = dataset.BitsStored - 1
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = stored.tobytes() if pixel_data is None else pixel_data
-    for keyword, value in elements.items():
-        setattr(dataset, keyword, value)
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    assert pydicom.dcmread(BytesIO(buffer.getvalue())).Rows == stored.shape[0]
-    return buffer.getvalue()
-
-
 def test_dicom_monochrome2_8bit_round_trips_exactly(lr_gray: np.ndarray) -> None:
-    decoded = decode_image(_dicom(lr_gray), "application/dicom")
+    decoded = decode_image(dicom_file(lr_gray), "application/dicom")
     assert decoded.source_format == "dicom" and decoded.conversion is None
     np.testing.assert_array_equal(decoded.pixels, lr_gray)
 
 
 @pytest.mark.parametrize("content_type", [None, "application/octet-stream"])
-def test_octet_stream_sniffs_dicom(lr_gray: np.ndarray, content_type) -> None:
-    decoded = decode_image(_dicom(lr_gray), content_type)
+def test_octet_stream_sniffsdicom_file(lr_gray: np.ndarray, content_type) -> None:
+    decoded = decode_image(dicom_file(lr_gray), content_type)
     assert decoded.source_format == "dicom"
     np.testing.assert_array_equal(decoded.pixels, lr_gray)
 
 
 def test_dicom_12bit_is_mapped_by_its_full_stored_range(lr_gray: np.ndarray) -> None:
     stored = lr_gray.astype(np.uint16) * 16 + 7  # 0..4087 of 0..4095
-    decoded = decode_image(_dicom(stored, bits_stored=12), "application/dicom")
+    decoded = decode_image(dicom_file(stored, bits_stored=12), "application/dicom")
     assert decoded.conversion == "full_range_rescaled"
     np.testing.assert_array_equal(decoded.pixels, np.rint(stored * (255 / 4095)).astype(np.uint8))
 
@@ -369,7 +328,7 @@ def _linear_window(values: np.ndarray, center: float, width: float) -> np.ndarra
 
 def test_dicom_window_center_width_is_applied_first_value_first(lr_gray: np.ndarray) -> None:
     stored = lr_gray.astype(np.uint16) * 16
-    data = _dicom(stored, bits_stored=12, WindowCenter=[1500, 2048], WindowWidth=[1000, 4096])
+    data = dicom_file(stored, bits_stored=12, WindowCenter=[1500, 2048], WindowWidth=[1000, 4096])
     decoded = decode_image(data, "application/dicom")
     assert decoded.conversion == "window_applied"
     expected = _linear_window(stored.astype(np.float64), 1500, 1000)
@@ -378,7 +337,7 @@ def test_dicom_window_center_width_is_applied_first_value_first(lr_gray: np.ndar
 
 
 def test_dicom_rescale_slope_intercept_come_before_the_window(lr_gray: np.ndarray) -> None:
-    data = _dicom(lr_gray, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=150, WindowWidth=301)
+    data = dicom_file(lr_gray, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=150, WindowWidth=301)
     decoded = decode_image(data, "application/dicom")
     expected = _linear_window(lr_gray.astype(np.float64) * 2 - 100, 150, 301)
     np.testing.assert_array_equal(decoded.pixels, expected)
@@ -386,7 +345,7 @@ def test_dicom_rescale_slope_intercept_come_before_the_window(lr_gray: np.ndarra
 
 def test_dicom_signed_pixels_map_by_the_signed_stored_range() -> None:
     stored = np.linspace(-2048, 2047, 64 * 64).round().astype(np.int16).reshape(64, 64)
-    decoded = decode_image(_dicom(stored, bits_stored=12, PixelRepresentation=1), "application/dicom")
+    decoded = decode_image(dicom_file(stored, bits_stored=12, PixelRepresentation=1), "application/dicom")
     np.testing.assert_array_equal(decoded.pixels, np.rint((stored + 2048.0) * (255 / 4095)).astype(np.uint8))
     assert decoded.pixels.min() == 0 and decoded.pixels.max() == 255
 
@@ -402,29 +361,29 @@ def test_dicom_signed_pixels_map_by_the_signed_stored_range() -> None:
 def test_dicom_voi_lut_functions(function: str, width: float, expected: list[int]) -> None:
     stored = np.full((64, 64), 100, dtype=np.uint8)
     stored[0, :4] = [0, 99, 101, 200]
-    data = _dicom(stored, WindowCenter=100, WindowWidth=width, VOILUTFunction=function)
+    data = dicom_file(stored, WindowCenter=100, WindowWidth=width, VOILUTFunction=function)
     assert decode_image(data, "application/dicom").pixels[0, :4].tolist() == expected
 
 
 def test_dicom_monochrome1_is_inverted(lr_gray: np.ndarray) -> None:
-    decoded = decode_image(_dicom(lr_gray, photometric="MONOCHROME1"), "application/dicom")
+    decoded = decode_image(dicom_file(lr_gray, photometric="MONOCHROME1"), "application/dicom")
     assert decoded.conversion == "monochrome1_inverted"
     np.testing.assert_array_equal(decoded.pixels, 255 - lr_gray)
 
 
 def test_dicom_wrong_rows_columns_is_wrong_size() -> None:
-    error = _refusal(_dicom(np.zeros((96, 128), dtype=np.uint8)), "application/dicom")
+    error = _refusal(dicom_file(np.zeros((96, 128), dtype=np.uint8)), "application/dicom")
     assert isinstance(error, WrongSize) and error.message == "expected a 64x64 image, got 128x96"
 
 
 def test_dicom_rgb_is_refused(lr_gray: np.ndarray) -> None:
     rgb = np.stack([lr_gray] * 3, axis=-1)
-    error = _refusal(_dicom(rgb, photometric="RGB", samples_per_pixel=3), "application/dicom")
+    error = _refusal(dicom_file(rgb, photometric="RGB", samples_per_pixel=3), "application/dicom")
     assert isinstance(error, UnsupportedPixels) and "PhotometricInterpretation RGB" in error.message
 
 
 def test_dicom_multiframe_is_refused(lr_gray: np.ndarray) -> None:
-    data = _dicom(lr_gray, pixel_data=lr_gray.tobytes() * 2, NumberOfFrames=2)
+    data = dicom_file(lr_gray, pixel_data=lr_gray.tobytes() * 2, NumberOfFrames=2)
     error = _refusal(data, "application/dicom")
     assert isinstance(error, UnsupportedPixels) and "multi-frame DICOM with 2 frames" in error.message
 
@@ -440,7 +399,8 @@ def test_dicom_compressed_without_its_decoder_is_refused_with_the_reason(lr_gray
         pytest.skip("a JPEG-LS decoder is installed")
     except ImportError:
         pass
-    data = _dicom(lr_gray, transfer_syntax=JPEGLSLossless, pixel_data=encapsulate([b"\xff\xd8\xff\xf7 not decoded"]))
+    frame = encapsulate([b"\xff\xd8\xff\xf7 not decoded"])
+    data = dicom_file(lr_gray, transfer_syntax=JPEGLSLossless, pixel_data=frame)
     error = _refusal(data, "application/dicom")
     assert type(error) is InvalidImage
     assert error.message.startswith("cannot decode the DICOM pixel data (JPEG-LS Lossless Image Compression)")
@@ -456,7 +416,7 @@ def test_garbage_after_dicm_is_invalid() -> None:
 
 def test_dicom_without_pixel_data_is_invalid(lr_gray: np.ndarray) -> None:
     pydicom = pytest.importorskip("pydicom")
-    dataset = pydicom.dcmread(BytesIO(_dicom(lr_gray)))
+    dataset = pydicom.dcmread(BytesIO(dicom_file(lr_gray)))
     del dataset.PixelData
     buffer = BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
@@ -544,7 +504,7 @@ def test_fuzzed_png_raises_only_image_errors(lr_png: bytes) -> None:
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about every invalid value it meets
 def test_fuzzed_dicom_raises_only_image_errors(lr_gray: np.ndarray) -> None:
     rng = random.Random(0)
-    valid = _dicom(lr_gray.astype(np.uint16) * 16, bits_stored=12, WindowCenter=2048, WindowWidth=4096)
+    valid = dicom_file(lr_gray.astype(np.uint16) * 16, bits_stored=12, WindowCenter=2048, WindowWidth=4096)
     random_tails = [b"\0" * 128 + b"DICM" + rng.randbytes(rng.randrange(0, 300)) for _ in range(50)]
     truncations = [valid[:end] for end in range(0, len(valid), 37)]
     header_end = valid.index(b"\xe0\x7f\x10\x00")  # the (7FE0,0010) Pixel Data tag
