@@ -19,7 +19,7 @@ $(VENV)/.test-installed: pyproject.toml constraints.txt | $(VENV)/bin/pip
 	$(PIP) --editable '.[train,dev]'
 	touch $@ $(VENV)/.serve-installed
 
-# Loopback by default; `make serve SERVE_ARGS="--host 0.0.0.0"` to accept other machines.
+# Loopback by default; `XRAYSR_API_KEY=<key> make serve SERVE_ARGS="--host 0.0.0.0"` to accept other machines.
 serve: $(VENV)/.serve-installed
 	$(VENV)/bin/xraysr serve --engines-dir engines --model cxr-default --port 8000 $(SERVE_ARGS)
 

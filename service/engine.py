@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from service.manifest import Manifest, load_manifest, manifest_name
+from service.manifest import MAX_SAMPLES, Manifest, load_manifest, manifest_name
 from service.pipeline import SRPipeline
 from service.runtimes import load_runtime
 from service.settings import Settings
@@ -35,8 +35,16 @@ def check_manifest(settings: Settings) -> Manifest:
 def load_pipeline(settings: Settings, warm_up: bool = True) -> SRPipeline:
     """Loads the model once; the warm-up pays ONNX Runtime's first-run allocations before any request does."""
     manifest = check_manifest(settings)
+    # The batcher runs up to max_batch samples, or one request's samples when that is more.
+    max_batch = max(settings.max_batch, MAX_SAMPLES)
     runtime = load_runtime(
-        settings.backend, manifest, settings.model_dir, settings.threads, settings.precision, settings.trt_cache_dir
+        settings.backend,
+        manifest,
+        settings.model_dir,
+        settings.threads,
+        settings.precision,
+        settings.trt_cache_dir,
+        max_batch,
     )
     pipeline = SRPipeline(manifest, runtime)
     if warm_up:

@@ -40,9 +40,10 @@ def load_runtime(
     threads: int | None = None,
     precision: Precision | None = None,
     trt_cache_dir: Path | None = None,
+    max_batch: int | None = None,
 ) -> Runtime:
-    """``precision`` (default: the manifest's) and ``trt_cache_dir`` matter to TensorRT only: it builds fp16
-    engines from fp32 files, and caches the engines it builds."""
+    """``precision`` (default: the manifest's), ``trt_cache_dir`` and ``max_batch`` matter to TensorRT only: it
+    builds fp16 engines from fp32 files, caches the engines it builds, and fixes their largest batch."""
     match backend:
         case "onnxruntime":
             from service.runtimes.onnxruntime import OnnxRuntime
@@ -56,4 +57,6 @@ def load_runtime(
                     "the tensorrt backend needs TensorRT and pycuda (JetPack ships TensorRT; build pycuda in the "
                     f"image): {error}; or use --backend onnxruntime"
                 ) from error
-            return TensorRTRuntime(manifest, model_dir, precision, trt_cache_dir)
+            if max_batch is None:
+                return TensorRTRuntime(manifest, model_dir, precision, trt_cache_dir)
+            return TensorRTRuntime(manifest, model_dir, precision, trt_cache_dir, max_batch=max_batch)

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from service.settings import Settings
 
@@ -245,3 +246,21 @@ def test_the_example_environment_file_names_real_settings() -> None:
         key, _, value = line.partition("=")
         assert value and value[0] not in "'\"" and not key.startswith("export"), line  # docker --env-file syntax
         assert key in settings | {"XRAYSR_IMAGE", "XRAYSR_PUBLISH"}, key
+
+
+def test_the_example_publishes_on_loopback_or_needs_a_token(tmp_path: Path) -> None:
+    """Unauthenticated only while the container is published on the host's loopback; the container itself
+    (host 0.0.0.0) starts only with a token or that explicit opt-out."""
+    values = dict(
+        line.split("=", 1)
+        for line in (JETSON / "xraysr.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    unauthenticated = values.get("XRAYSR_ALLOW_UNAUTHENTICATED") == "1" and "XRAYSR_API_KEY" not in values
+    assert not unauthenticated or values["XRAYSR_PUBLISH"].startswith("127.0.0.1:")
+    (tmp_path / "cxr-default").mkdir()
+    (tmp_path / "cxr-default" / "manifest.json").write_text("{}")
+    settings = {"host": "0.0.0.0", "engines_dir": tmp_path}
+    with pytest.raises(ValidationError, match="set XRAYSR_API_KEY"):
+        Settings(**settings)
+    assert Settings(**settings, allow_unauthenticated=True).host == "0.0.0.0"

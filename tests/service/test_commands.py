@@ -17,6 +17,7 @@ from service.cli import main
 from service.engine import load_pipeline
 from service.settings import Settings
 from service.uncertainty import uncertainty_levels
+from tests.service.dicom_files import dicom_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +54,8 @@ def test_upscale_a_folder_carries_on_past_a_bad_file_and_fails_at_the_end(
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((96, 128), np.uint8)).save(buffer, format="PNG")
     (inputs / "a_wrong_size.png").write_bytes(buffer.getvalue())
+    absurd = dicom_file(np.zeros((64, 64), np.uint16), bits_stored=16, RescaleIntercept=1e300)
+    (inputs / "b_absurd.dcm").write_bytes(absurd)  # a ZeroDivisionError traceback once aborted the folder here
     (inputs / "notes.txt").write_text("not an input")
     argv = ["upscale", str(inputs), "-o", str(tmp_path / "out"), "--steps", "2"]
     assert main(argv + _model_flags(engine_settings)) == 1
@@ -60,7 +63,10 @@ def test_upscale_a_folder_carries_on_past_a_bad_file_and_fails_at_the_end(
     assert written == sorted(path.name for path in lr_png_paths[:2])
     captured = capsys.readouterr()
     assert f"xraysr upscale: error: {inputs / 'a_wrong_size.png'}: expected a 64x64 image, got 128x96" in captured.err
-    assert "upscaled 2 of 3 files" in captured.out
+    assert f"xraysr upscale: error: {inputs / 'b_absurd.dcm'}: invalid DICOM RescaleIntercept" in captured.err
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert "Traceback" not in captured.err and len(errors) == 2  # one line per bad file (the rest is tqdm's bar)
+    assert "upscaled 2 of 4 files" in captured.out
 
 
 def test_upscale_refuses_steps_outside_the_manifest_range(

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from service.local_server import local_server
+from tests.service.dicom_files import dicom_file
 
 MAX_BODY_BYTES = 16 * 1024
 STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "total"]
@@ -135,6 +136,9 @@ def test_every_bad_input_is_a_4xx_with_a_detail(
     refused(server.upscale(lr_png, params={"steps": 51}), 422, "between 2 and 50")
     refused(server.upscale(lr_png, params={"steps": 1}), 422, "between 2 and 50")
     refused(server.upscale(lr_png, params={"steps": "ten"}), 422, "steps", "valid integer")
+    refused(server.upscale(lr_png, params={"step": 10}), 422, "unknown query parameter(s): step")
+    absurd = dicom_file(np.zeros((64, 64), np.uint16), bits_stored=16, RescaleIntercept=1e300)
+    refused(server.upscale(absurd, content_type="application/dicom"), 422, "RescaleIntercept")  # was a 500
     # The server is still serving.
     assert server.http.get("/healthz").json() == {"status": "alive"}
     assert _png_image(server.upscale(lr_png, params={"seed": 1, "steps": 2})).size == (256, 256)

@@ -12,9 +12,9 @@ from service.settings import Settings, SettingsError, load_settings
 @pytest.fixture()
 def engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """engines/cxr-default/manifest.json under the working directory, and no XRAYSR_* from the outside."""
-    for name in ("HOST", "PORT", "ENGINES_DIR", "MODEL", "BACKEND", "PRECISION", "THREADS", "MAX_CONCURRENT_REQUESTS",
-                 "MAX_QUEUED_REQUESTS", "MAX_BODY_BYTES", "LOG_LEVEL"):
-        monkeypatch.delenv(f"XRAYSR_{name}", raising=False)
+    for name in list(__import__("os").environ):
+        if name.startswith("XRAYSR_"):
+            monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     for model in ("cxr-default", "other"):
         (tmp_path / "engines" / model).mkdir(parents=True)
@@ -55,6 +55,12 @@ def test_environment_then_flags(engines: Path, monkeypatch: pytest.MonkeyPatch) 
         ({"max_body_bytes": 100}, "max_body_bytes: Input should be greater than or equal to 1024 (got 100)"),
         ({"log_level": "loud"}, "log_level: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
         ({"model": "../etc"}, "model: String should match pattern"),
+        ({"max_batch": 0}, "max_batch: Input should be greater than or equal to 1"),
+        ({"request_timeout_s": 0}, "request_timeout_s: Input should be greater than 0"),
+        ({"api_key": "short"}, "api_key: Value should have at least 16 items"),
+        ({"protect_metrics": True}, "protect_metrics needs api_key (XRAYSR_API_KEY)"),
+        ({"host": "0.0.0.0"}, "host 0.0.0.0 accepts other machines, and no api_key is set: set XRAYSR_API_KEY"),
+        ({"host": "xraysr.hospital.example"}, "host xraysr.hospital.example accepts other machines"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_setting(engines: Path, overrides: dict, message: str) -> None:
@@ -111,3 +117,18 @@ def test_int8_needs_the_quantized_manifest(engines: Path) -> None:
     assert "xraysr quantize --engines engines/cxr-default --calib <prepared data folder>" in message
     (engines / "cxr-default" / "manifest.int8.json").write_text("{}")
     assert load_settings(precision="int8").precision == "int8"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_loopback_needs_no_token(engines: Path, host: str) -> None:
+    assert load_settings(host=host).api_key is None
+
+
+def test_a_wider_bind_takes_a_token_or_an_explicit_opt_out(engines: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XRAYSR_API_KEY", "s" * 32)
+    settings = load_settings(host="0.0.0.0")
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "s" * 32
+    assert "s" * 32 not in repr(settings)  # a SecretStr: never in a log line or a traceback
+    monkeypatch.delenv("XRAYSR_API_KEY")
+    monkeypatch.setenv("XRAYSR_ALLOW_UNAUTHENTICATED", "1")
+    assert load_settings(host="0.0.0.0").allow_unauthenticated
