@@ -24,6 +24,7 @@ import numpy as np
 
 from service.imaging import encode_png
 from service.pipeline import SRPipeline, Stopped, UpscaleResult
+from service.provenance import provenance
 from service.uncertainty import uncertainty_png
 
 
@@ -201,7 +202,8 @@ class Batcher:
         outcomes = []
         for job, result in zip(jobs, results, strict=True):
             encode_started = time.perf_counter()
-            png = encode_png(result.image) if not job.abandoned.is_set() else b""
+            text = provenance(self.pipeline.manifest, result)
+            png = encode_png(result.image, text) if not job.abandoned.is_set() else b""
             spread = (
                 uncertainty_png(result.uncertainty)
                 if job.spread_png and result.uncertainty is not None and png

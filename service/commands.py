@@ -141,6 +141,7 @@ def _upscale_file(
     pipeline: SRPipeline, source: Path, output: Path, steps: int, seed: int, samples: int
 ) -> tuple[UpscaleResult, float]:
     from service.imaging import ImageError, decode_image, encode_png
+    from service.provenance import provenance
 
     started = time.perf_counter()
     try:
@@ -151,7 +152,7 @@ def _upscale_file(
         raise ValueError(error.message) from error
     result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed, samples=samples)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(encode_png(result.image))
+    output.write_bytes(encode_png(result.image, provenance(pipeline.manifest, result)))
     return result, 1000 * (time.perf_counter() - started)
 
 

@@ -38,6 +38,7 @@ import struct
 import threading
 import warnings
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from typing import ClassVar, Literal
@@ -148,13 +149,19 @@ def decode_image(
     return DecodedImage(pixels=pixels, source_format=source_format, conversion=conversion)
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Write a 2-D uint8 array (range [0, 255]) as an 8-bit grayscale PNG. A wrong array is a ValueError."""
+def encode_png(pixels: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:
+    """Write a 2-D uint8 array (range [0, 255]) as an 8-bit grayscale PNG, with ``text`` as tEXt/iTXt chunks
+    (service/provenance.py). A wrong array is a ValueError."""
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.size == 0:
         shape, dtype = getattr(pixels, "shape", None), getattr(pixels, "dtype", type(pixels).__name__)
         raise ValueError(f"encode_png takes a non-empty 2-D uint8 array (H x W); got shape {shape}, dtype {dtype}")
+    info = PngImagePlugin.PngInfo()
+    for keyword, value in (text or {}).items():
+        info.add_text(keyword, value)  # Latin-1 values become tEXt, others iTXt (UTF-8)
     buffer = BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    Image.fromarray(np.ascontiguousarray(pixels)).save(
+        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=info
+    )
     return buffer.getvalue()
 
 

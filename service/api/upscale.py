@@ -31,6 +31,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service import __version__
 from service.api.deps import (
     AdmissionDep,
     BatcherDep,
@@ -47,6 +48,7 @@ from service.imaging import BodyTimeout, BodyTooLarge, DecodedImage, ImageError,
 from service.manifest import MAX_SAMPLES, Manifest
 from service.metrics import ServiceMetrics
 from service.pipeline import UpscaleResult, check_samples
+from service.provenance import DISCLAIMER
 from service.sampler import SEED_MAX, sample_seeds
 from service.settings import Settings
 from service.uncertainty import UNCERTAINTY_SCALE
@@ -318,6 +320,8 @@ async def upscale(
                 "stage_ms": {stage: round(ms, 3) for stage, ms in stage_ms.items()},
                 "input_conversion": decoded.conversion,
                 "batch_samples": answer.batch_samples,
+                "software": f"xraysr {__version__}",
+                "disclaimer": DISCLAIMER,
             },
             headers=headers,
         )

@@ -21,8 +21,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
+from service import __version__
 from service.app import create_app
 from service.manifest import read_manifest, write_manifest
+from service.provenance import DISCLAIMER
 from service.settings import Settings
 
 STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "total"]
@@ -301,3 +303,20 @@ def test_the_bearer_token_guards_upscale_and_optionally_metrics(engine_settings:
             assert client.get("/metrics").status_code == (401 if protect_metrics else 200)
             assert client.get("/metrics", headers={"authorization": f"Bearer {key}"}).status_code == 200
             assert client.get("/readyz").status_code == 200  # probes stay open for the orchestrator
+
+
+def test_every_image_says_it_is_synthetic_and_what_made_it(client: TestClient, lr_png: bytes) -> None:
+    png = {"content": lr_png, "headers": {"content-type": "image/png"}}
+    text = _image(client.post("/upscale", params={"seed": 9, "samples": 2}, **png)).text
+    assert text["Disclaimer"] == DISCLAIMER and "not for diagnosis" in text["Disclaimer"]
+    assert text["Software"] == f"xraysr {__version__}"
+    assert text["Source"] == "tiny tiny-test (fp32)"
+    made = "4x super-resolution of a 64x64 chest X-ray: 4 DDIM steps, mean of 2 samples, seeds 9 to 10"
+    assert text["Description"] == made
+    assert {key: text[key] for key in ("xraysr-model-version", "xraysr-steps", "xraysr-samples", "xraysr-seed")} == {
+        "xraysr-model-version": "tiny-test", "xraysr-steps": "4", "xraysr-samples": "2", "xraysr-seed": "9"
+    }
+    as_json = {"content-type": "image/png", "accept": "application/json"}
+    body = client.post("/upscale", params={"seed": 9}, headers=as_json, content=lr_png).json()
+    assert (body["software"], body["disclaimer"]) == (f"xraysr {__version__}", DISCLAIMER)
+    assert Image.open(io.BytesIO(base64.b64decode(body["image_png_base64"]))).text["xraysr-seed"] == "9"

@@ -41,6 +41,7 @@ def test_upscale_one_file_matches_the_pipeline(
     assert main(argv + _model_flags(engine_settings)) == 0
     image = Image.open(output)
     assert (image.size, image.mode) == ((256, 256), "L")
+    assert "not for diagnosis" in image.text["Disclaimer"] and image.text["xraysr-seed"] == "3"
     assert str(output) in capsys.readouterr().out
     lr = np.asarray(Image.open(lr_png_paths[0]))
     expected = load_pipeline(engine_settings, warm_up=False).upscale(lr, steps=2, seed=3).image
