@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import metrics, probes, upscale
+from service.api.docs import add_offline_docs
 from service.api.errors import add_error_handlers
 from service.batching import Batcher
 from service.concurrency import Admission
@@ -75,12 +76,20 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
         if tegrastats is not None:
             tegrastats.stop()
 
-    app = FastAPI(title="xraysr", version=__version__, summary="4x super-resolution of chest X-rays", lifespan=lifespan)
+    app = FastAPI(
+        title="xraysr",
+        version=__version__,
+        summary="4x super-resolution of chest X-rays",
+        lifespan=lifespan,
+        docs_url=None,  # served from local assets by add_offline_docs: FastAPI's default loads them from a CDN
+        redoc_url=None,
+    )
     app.state.settings, app.state.metrics, app.state.pipeline = settings, ServiceMetrics(), None
     app.state.lifecycle, app.state.admission, app.state.batcher = Lifecycle(), None, None
     for module in (upscale, probes, metrics):
         app.include_router(module.router)
     add_error_handlers(app)
+    add_offline_docs(app)
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=app.state.metrics,

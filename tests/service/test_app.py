@@ -320,3 +320,15 @@ def test_every_image_says_it_is_synthetic_and_what_made_it(client: TestClient, l
     body = client.post("/upscale", params={"seed": 9}, headers=as_json, content=lr_png).json()
     assert (body["software"], body["disclaimer"]) == (f"xraysr {__version__}", DISCLAIMER)
     assert Image.open(io.BytesIO(base64.b64decode(body["image_png_base64"]))).text["xraysr-seed"] == "9"
+
+
+def test_the_api_docs_load_nothing_from_the_internet(client: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn." not in html and "fonts.googleapis" not in html and "tiangolo.com" not in html
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(asset.startswith("/docs-assets/") for asset in assets), assets
+        for asset in assets:
+            response = client.get(asset)
+            assert response.status_code == 200 and len(response.content) > 1000, asset
+    assert "swagger-ui" in client.get("/docs").text and "/openapi.json" in client.get("/redoc").text
