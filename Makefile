@@ -36,8 +36,9 @@ train-default: $(VENV)/.test-installed
 	$(VENV)/bin/xraysr prepare $(SOURCES) --views all --out runs/data/all --seed 0
 	$(VENV)/bin/xraysr train-vae --config configs/vae_all.yaml
 	$(VENV)/bin/xraysr train --config configs/sr_all.yaml
-	$(VENV)/bin/xraysr evaluate --checkpoint runs/sr_all/checkpoints/step_0004000.pt --split test \
-		--steps 25 --out runs/sr_all/eval_test
+	$(VENV)/bin/xraysr train --config configs/sr_all_6k.yaml --resume runs/sr_all/checkpoints/step_0004000.pt
+	$(VENV)/bin/xraysr export --checkpoint runs/sr_all_6k/checkpoints/step_0006000.pt --out runs/engines/v6k/cxr-default \
+		--model cxr-default --version cxr-default-2.1.0 --final-timestep 400 --default-samples 4
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
