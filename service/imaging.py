@@ -73,8 +73,8 @@ _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 # pydicom converts element values lazily, so any attribute access on a parsed file can raise these.
 _DICOM_ERRORS = _PILLOW_ERRORS + (AttributeError, NotImplementedError, RuntimeError, OverflowError)
 # warnings.catch_warnings swaps the process-wide filter list; two request threads doing it at once can leave
-# "error" installed for good. The guarded section only parses the PNG header, so serialising it costs nothing.
-_PNG_OPEN_LOCK = threading.Lock()
+# "error" installed for good. The guarded section only parses an image header, so serialising it costs nothing.
+_IMAGE_OPEN_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -266,7 +266,7 @@ def _open_png_header(data: bytes) -> Image.Image:
 
 def open_image_header(data: bytes, formats: tuple[str, ...] | None, what: str) -> Image.Image:
     """Pillow's lazy open: the header is parsed and the size known, but no pixel is decoded yet."""
-    with _PNG_OPEN_LOCK, warnings.catch_warnings():
+    with _IMAGE_OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(BytesIO(data), formats=formats)

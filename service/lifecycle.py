@@ -23,10 +23,6 @@ class Lifecycle:
         self.grace_over = False
         self._scopes: set[anyio.CancelScope] = set()
 
-    @property
-    def accepting(self) -> bool:
-        return self.state == "ready"
-
     def fail(self, error: str) -> None:
         self.state, self.load_error = "failed", error
 

@@ -9,7 +9,6 @@ the difference of two /metrics scrapes, so they count only this run's batches if
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import re
 import threading
 import time
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
 import numpy as np
+
+from service.settings import is_loopback_host
 
 MAX_CLIENTS = 256
 MAX_REQUESTS = 100_000
@@ -64,13 +65,7 @@ def check_target(url: str, allow_remote: bool) -> tuple[str, int]:
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"--url must be http://host:port, got {url!r}")
     host = parts.hostname
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-    if not loopback and not allow_remote:
+    if not is_loopback_host(host) and not allow_remote:
         raise ValueError(f"{host} is not loopback: pass --allow-remote to load another machine on purpose")
     return host, parts.port or 80
 

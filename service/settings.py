@@ -24,6 +24,16 @@ FP16_NEEDS_TENSORRT = (
 )
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` only ever means this machine: "localhost" or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class SettingsError(ValueError):
     """Settings that cannot serve; the message is one line, fit for the end of a failed command."""
 
@@ -87,12 +97,7 @@ class Settings(BaseSettings):
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False  # a host name: it may resolve to anything
+        return is_loopback_host(self.host)
 
     @model_validator(mode="after")
     def _exposure_is_a_choice(self) -> Settings:

@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["upscale"])
 
 ENDPOINT = "/upscale"
-RAW_TYPES = ("image/png", "application/dicom")
 STAGES = ("decode", "queue", "encode", "denoise", "vae_decode", "png", "total")
 
 _REQUEST_BODY = {
