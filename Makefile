@@ -28,7 +28,7 @@ test: $(VENV)/.test-installed
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check service training tests
-	$(VENV)/bin/mypy service
+	$(VENV)/bin/mypy xraysr/service
 
 # Reproduces the shipped model from the four training sources in ../shared/data (docs/RESULTS.md has the numbers).
 SOURCES = $(foreach source,nih_starter nih cxr pediatric,--source $(source)=../shared/data/$(source))

@@ -15,18 +15,18 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 
-from service import __version__
-from service.api import metrics, probes, upscale
-from service.api.docs import add_offline_docs
-from service.api.errors import add_error_handlers
-from service.batching import Batcher
-from service.concurrency import Admission
-from service.engine import load_pipeline
-from service.lifecycle import Lifecycle
-from service.metrics import RequestMetricsMiddleware, ServiceMetrics
-from service.pipeline import SRPipeline
-from service.settings import Settings
-from service.tegrastats import start_from_environment as start_tegrastats
+from xraysr.service import __version__
+from xraysr.service.api import metrics, probes, upscale
+from xraysr.service.api.docs import add_offline_docs
+from xraysr.service.api.errors import add_error_handlers
+from xraysr.service.batching import Batcher
+from xraysr.service.concurrency import Admission
+from xraysr.service.engine import load_pipeline
+from xraysr.service.lifecycle import Lifecycle
+from xraysr.service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from xraysr.service.pipeline import SRPipeline
+from xraysr.service.settings import Settings
+from xraysr.service.tegrastats import start_from_environment as start_tegrastats
 
 logger = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from service.imaging import encode_png
-from service.pipeline import SRPipeline, Stopped, UpscaleResult
-from service.provenance import provenance
-from service.uncertainty import uncertainty_png
+from xraysr.service.imaging import encode_png
+from xraysr.service.pipeline import SRPipeline, Stopped, UpscaleResult
+from xraysr.service.provenance import provenance
+from xraysr.service.uncertainty import uncertainty_png
 
 
 class ShuttingDown(Exception):

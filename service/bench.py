@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service.imaging import encode_png
-from service.local_server import local_server
-from service.manifest import Precision, load_manifest, manifest_name
-from service.pipeline import SRPipeline
-from service.runtimes import Backend, load_runtime
+from xraysr.service.imaging import encode_png
+from xraysr.service.local_server import local_server
+from xraysr.service.manifest import Precision, load_manifest, manifest_name
+from xraysr.service.pipeline import SRPipeline
+from xraysr.service.runtimes import Backend, load_runtime
 
 # What the caller waited, measured by the bench itself: over HTTP it includes the server's own "total".
 WALL = "caller_wall"
@@ -79,7 +79,7 @@ def bench_in_process(pipeline: SRPipeline, image: np.ndarray, steps: int, runs: 
 def bench_torch_reference(checkpoint: Path, image: np.ndarray, steps: int, runs: int) -> Series:
     import torch
 
-    from training.pipeline import SRPipeline as TorchPipeline
+    from xraysr.training.pipeline import SRPipeline as TorchPipeline
 
     reference = TorchPipeline.from_checkpoint(checkpoint)
     lr = torch.from_numpy(image.astype(np.float32) / 127.5 - 1.0)[None, None]

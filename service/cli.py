@@ -7,8 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service import __version__
-from service import commands as service_commands
+from xraysr.service import __version__
+from xraysr.service import commands as service_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     service_commands.add_commands(commands)
     # training.cli imports no torch at module level, so listing its commands is free.
-    from training import cli as training_cli
+    from xraysr.training import cli as training_cli
 
     training_cli.add_commands(commands)
     return parser

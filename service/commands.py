@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.manifest import MAX_SAMPLES
-from service.settings import Settings, load_settings
+from xraysr.service.manifest import MAX_SAMPLES
+from xraysr.service.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from service.pipeline import SRPipeline, UpscaleResult
+    from xraysr.service.pipeline import SRPipeline, UpscaleResult
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
         ),
     )
     logging.getLogger().setLevel(settings.log_level)
-    from service.engine import check_manifest
-    from service.server import serve
+    from xraysr.service.engine import check_manifest
+    from xraysr.service.server import serve
 
     # The model loads in the background once the port is open; checking the contract here first turns a wrong
     # folder, checksum or precision into one line and a non-zero exit instead of a failed readiness probe.
@@ -59,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    from service.pipeline import check_samples
+    from xraysr.service.pipeline import check_samples
 
     settings = _settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
     if args.samples is not None:
@@ -87,7 +87,7 @@ def _upscale(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from service.engine import load_pipeline
+    from xraysr.service.engine import load_pipeline
 
     pipeline = load_pipeline(settings, warm_up=False)
     sampler = pipeline.manifest.sampler
@@ -117,7 +117,7 @@ def _upscale(args: argparse.Namespace) -> int:
 
 def _describe(result: UpscaleResult) -> str:
     """ "25 steps, seed 3" or "25 steps, mean of 4 samples (seeds 3…6), uncertainty 1.80 grey levels"."""
-    from service.sampler import sample_seeds
+    from xraysr.service.sampler import sample_seeds
 
     if result.uncertainty is None:
         return f"{result.steps} steps, seed {result.seed}"
@@ -129,7 +129,7 @@ def _describe(result: UpscaleResult) -> str:
 
 
 def _write_uncertainty(result: UpscaleResult, path: Path) -> None:
-    from service.uncertainty import uncertainty_png
+    from xraysr.service.uncertainty import uncertainty_png
 
     if result.uncertainty is None:
         raise ValueError("one sample has no uncertainty map")
@@ -140,8 +140,8 @@ def _write_uncertainty(result: UpscaleResult, path: Path) -> None:
 def _upscale_file(
     pipeline: SRPipeline, source: Path, output: Path, steps: int, seed: int, samples: int
 ) -> tuple[UpscaleResult, float]:
-    from service.imaging import ImageError, decode_image, encode_png
-    from service.provenance import provenance
+    from xraysr.service.imaging import ImageError, decode_image, encode_png
+    from xraysr.service.provenance import provenance
 
     started = time.perf_counter()
     try:
@@ -251,7 +251,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _build_engines(args: argparse.Namespace) -> int:
-    from service.runtimes.trt_build import Precision, build_all, current_device
+    from xraysr.service.runtimes.trt_build import Precision, build_all, current_device
 
     settings = _settings_from(args, ("engines_dir", "model"))
     try:
@@ -271,7 +271,7 @@ def _build_engines(args: argparse.Namespace) -> int:
 def _loadtest(args: argparse.Namespace) -> int:
     import os
 
-    from service.loadtest import run_load
+    from xraysr.service.loadtest import run_load
 
     content_type = INPUT_TYPES.get(args.image.suffix.lower(), "application/octet-stream")
     params = {name: value for name in ("steps", "samples") if (value := getattr(args, name)) is not None}
@@ -294,9 +294,9 @@ def _loadtest(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from service.bench import markdown, run_bench
-    from service.imaging import decode_image
-    from service.pipeline import check_samples
+    from xraysr.service.bench import markdown, run_bench
+    from xraysr.service.imaging import decode_image
+    from xraysr.service.pipeline import check_samples
 
     check_samples(args.samples, "--samples")
     settings = _settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
@@ -321,8 +321,8 @@ def _bench(args: argparse.Namespace) -> int:
     command = "xraysr bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "xraysr bench"
     report = markdown(series, command, args.steps, args.runs, args.samples)
     if args.flops:
-        from service.flops import estimate_table
-        from service.manifest import load_manifest
+        from xraysr.service.flops import estimate_table
+        from xraysr.service.manifest import load_manifest
 
         report += "\n" + estimate_table(load_manifest(settings.model_dir), settings.model_dir, args.steps)
     print(report)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.imaging import (
+from xraysr.service.imaging import (
     _DICOM_ERRORS,
     ImageError,
     InvalidImage,

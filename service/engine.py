@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 
-from service.manifest import MAX_SAMPLES, Manifest, load_manifest, manifest_name
-from service.pipeline import SRPipeline
-from service.runtimes import load_runtime
-from service.settings import Settings
+from xraysr.service.manifest import MAX_SAMPLES, Manifest, load_manifest, manifest_name
+from xraysr.service.pipeline import SRPipeline
+from xraysr.service.runtimes import load_runtime
+from xraysr.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 

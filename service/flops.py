@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.manifest import Manifest
+from xraysr.service.manifest import Manifest
 
 # Multiply-add = 2 FLOPs. Ops not listed cost one FLOP per output element.
 _PER_ELEMENT = {

@@ -140,7 +140,7 @@ def decode_image(
         pixels, conversion = _decode_png(data, expected_size, max_pixels)
         source_format: SourceFormat = "png"
     else:
-        from service.dicom import decode_dicom  # imports service.imaging: kept out of module scope
+        from xraysr.service.dicom import decode_dicom  # imports service.imaging: kept out of module scope
 
         pixels, conversion = decode_dicom(data, expected_size, max_pixels)
         source_format = "dicom"

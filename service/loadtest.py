@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 
-from service.settings import is_loopback_host
+from xraysr.service.settings import is_loopback_host
 
 MAX_CLIENTS = 256
 MAX_REQUESTS = 100_000

@@ -56,7 +56,7 @@ def local_server_process(
     command = [
         sys.executable,
         "-m",
-        "service.cli",
+        "xraysr.service.cli",
         "serve",
         "--host",
         "127.0.0.1",

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.validation import describe_validation_error
+from xraysr.service.validation import describe_validation_error
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

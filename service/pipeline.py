@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.manifest import MAX_SAMPLES, Manifest
-from service.runtimes import DeviceLoop, Runtime
-from service.sampler import DDIMSampler, initial_noise, sample_seeds
-from service.uncertainty import mean_and_spread
+from xraysr.service.manifest import MAX_SAMPLES, Manifest
+from xraysr.service.runtimes import DeviceLoop, Runtime
+from xraysr.service.sampler import DDIMSampler, initial_noise, sample_seeds
+from xraysr.service.uncertainty import mean_and_spread
 
 
 @dataclass

@@ -6,10 +6,10 @@ keywords, so image viewers show them; the xraysr-* ones are for programs), and t
 
 from __future__ import annotations
 
-from service import __version__
-from service.manifest import Manifest
-from service.pipeline import UpscaleResult
-from service.sampler import sample_seeds
+from xraysr.service import __version__
+from xraysr.service.manifest import Manifest
+from xraysr.service.pipeline import UpscaleResult
+from xraysr.service.sampler import sample_seeds
 
 DISCLAIMER = "Synthetic image made by a super-resolution model, not acquired; not for diagnosis."
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.manifest import SamplerSpec
+from xraysr.service.manifest import SamplerSpec
 
 SEED_MAX = 2**31 - 1
 

@@ -24,7 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.settings import Settings
+from xraysr.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class GracefulServer(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     """Runs the server until it is stopped; returns the process exit status."""
-    from service.app import create_app
+    from xraysr.service.app import create_app
 
     app = create_app(settings, load_in_background=True)
     protocol = type(

@@ -13,8 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.manifest import MANIFEST_NAME, MAX_SAMPLES, manifest_name
-from service.validation import describe_validation_error
+from xraysr.service.manifest import MANIFEST_NAME, MAX_SAMPLES, manifest_name
+from xraysr.service.validation import describe_validation_error
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -22,6 +22,11 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 FP16_NEEDS_TENSORRT = (
     "fp16 needs the tensorrt backend (TensorRT builds FP16 engines from the FP32 ONNX); use fp32 or int8 on onnxruntime"
 )
+
+
+# The shipped default model travels inside the package (xraysr/engines links to the repository's engines/), so
+# `xraysr serve` serves it from any directory, from a wheel or from a checkout alike.
+PACKAGED_ENGINES_DIR = Path(__file__).parent.parent / "engines"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -43,7 +48,9 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", min_length=1, description="Loopback by default: exposing it is a choice.")
     port: int = Field(8000, ge=1, le=65535)
-    engines_dir: Path = Field(Path("engines"), description="The folder holding one sub-folder per model.")
+    engines_dir: Path = Field(
+        PACKAGED_ENGINES_DIR, description="The folder holding one sub-folder per model (default: the packaged one)."
+    )
     model: str = Field("cxr-default", pattern=r"^[A-Za-z0-9_.-]+$", description="engines_dir/<model> is served.")
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     precision: Literal["fp32", "fp16", "int8"] = Field(

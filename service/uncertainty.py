@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.imaging import encode_png
+from xraysr.service.imaging import encode_png
 
 # Grey levels of standard deviation per level of the uncertainty PNG. Fixed, not scaled to each map's own
 # maximum, so that maps of different requests compare level for level; 255 levels cover 0–63.75 grey levels.

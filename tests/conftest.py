@@ -41,10 +41,10 @@ def tiny_engine_dir(tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactor
     Its images are meaningless, but every ONNX file, checksum and manifest field is the real thing.
     """
     torch = pytest.importorskip("torch", reason="exporting a model needs the train extra")
-    from training.config import SRTrainConfig
-    from training.export import export_model
-    from training.train import train_sr
-    from training.vae import CxrVAE
+    from xraysr.training.config import SRTrainConfig
+    from xraysr.training.export import export_model
+    from xraysr.training.train import train_sr
+    from xraysr.training.vae import CxrVAE
 
     work = tmp_path_factory.mktemp("tiny_engine")
     torch.save(CxrVAE(hidden_channels=8, num_res_blocks=1).state_dict(), work / "vae.pt")
@@ -73,7 +73,7 @@ def tiny_checkpoint(tiny_engine_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_step_engine_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model exported again with the optional unet_step component (UNet + DDIM update)."""
-    from training.export import export_model
+    from xraysr.training.export import export_model
 
     engine = tmp_path_factory.mktemp("tiny_step_engine") / "engine"
     export_model(tiny_checkpoint, engine, "tiny", version="tiny-test", steps=(2, 4, 50), step_graph=True)

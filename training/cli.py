@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import get_args
 
-from training.config import Degradation
+from xraysr.service.settings import PACKAGED_ENGINES_DIR
+from xraysr.training.config import Degradation
 
 # How the LR is made from HR for scoring (training/degradation.py); "cubic" is the stored LR_64.
 DEGRADATION_CHOICES = get_args(Degradation)
@@ -27,7 +28,7 @@ def _require_training_extra() -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from training.prepare import Source, prepare_sources
+    from xraysr.training.prepare import Source, prepare_sources
 
     if args.metadata and args.manifest:
         raise ValueError("give --metadata (NIH layout) or --manifest (folder layout), not both")
@@ -56,8 +57,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _train_vae(args: argparse.Namespace) -> int:
     _require_training_extra()
-    from training.config import VAETrainConfig, load_config
-    from training.train_vae import train_vae
+    from xraysr.training.config import VAETrainConfig, load_config
+    from xraysr.training.train_vae import train_vae
 
     print(train_vae(load_config(args.config, VAETrainConfig), resume=_resume(args)))
     return 0
@@ -65,8 +66,8 @@ def _train_vae(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     _require_training_extra()
-    from training.config import SRTrainConfig, load_config
-    from training.train import train_sr
+    from xraysr.training.config import SRTrainConfig, load_config
+    from xraysr.training.train import train_sr
 
     print(train_sr(load_config(args.config, SRTrainConfig), resume=_resume(args)))
     return 0
@@ -74,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     _require_training_extra()
-    from training.evaluate import evaluate
+    from xraysr.training.evaluate import evaluate
 
     report = evaluate(
         args.checkpoint,
@@ -94,7 +95,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_served(args: argparse.Namespace) -> int:
-    from training.evaluate_served import evaluate_served, markdown_table
+    from xraysr.training.evaluate_served import evaluate_served, markdown_table
 
     report = evaluate_served(
         args.engines_dir,
@@ -117,7 +118,7 @@ def _evaluate_served(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     _require_training_extra()
-    from training.export import export_model
+    from xraysr.training.export import export_model
 
     manifest = export_model(
         args.checkpoint,
@@ -134,7 +135,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from training.quantize import quantize_engines, report_markdown
+    from xraysr.training.quantize import quantize_engines, report_markdown
 
     report = quantize_engines(
         args.engines,
@@ -201,7 +202,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=_evaluate)
 
     served = commands.add_parser("evaluate-served", help="score the engines through a real `xraysr serve`")
-    served.add_argument("--engines-dir", type=Path, default=Path("engines"))
+    served.add_argument("--engines-dir", type=Path, default=PACKAGED_ENGINES_DIR)
     served.add_argument("--model", default="cxr-default")
     served.add_argument("--data", type=Path, required=True, help="prepared data root (HR_256/, LR_64/, splits.csv)")
     served.add_argument("--split", default="test", choices=["train", "val", "test"])

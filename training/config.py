@@ -12,7 +12,7 @@ from typing import Annotated, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.validation import describe_validation_error
+from xraysr.service.validation import describe_validation_error
 
 # The three parts of a patient-disjoint split, written by `xraysr prepare` and read by training/data.py.
 Split = Literal["train", "val", "test"]

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.config import AugmentConfig, DataConfig, Split
-from training.splits import SPLITS_COLUMNS
+from xraysr.training.config import AugmentConfig, DataConfig, Split
+from xraysr.training.splits import SPLITS_COLUMNS
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.config import Degradation
+from xraysr.training.config import Degradation
 
 DEGRADATIONS: tuple[Degradation, ...] = get_args(Degradation)
 

@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from training.config import DiffusionConfig
+from xraysr.training.config import DiffusionConfig
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -138,7 +138,7 @@ def sample_latent(
 def _floored_ddim(denoiser: Denoiser, noise: Tensor, lr_latent: Tensor, config: DiffusionConfig, steps: int) -> Tensor:
     """Deterministic DDIM from T - 1 down to ``config.final_timestep`` (service/sampler.py's floored spacing),
     returning the x0 estimate there. diffusers' DDIMScheduler steps by a fixed ratio, so this loop is ours."""
-    from service.sampler import floored_timesteps
+    from xraysr.service.sampler import floored_timesteps
 
     if config.eta != 0.0:
         raise ValueError("final_timestep needs deterministic DDIM (eta = 0)")

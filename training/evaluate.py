@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.config import Degradation
-from training.data import PairDataset, to_uint8, to_unit_range
-from training.degradation import make_lr
-from training.metrics import bicubic_upscale, psnr, ssim
-from training.pipeline import SRPipeline
-from training.visualize import COLUMNS, comparison_grid
+from xraysr.training.config import Degradation
+from xraysr.training.data import PairDataset, to_uint8, to_unit_range
+from xraysr.training.degradation import make_lr
+from xraysr.training.metrics import bicubic_upscale, psnr, ssim
+from xraysr.training.pipeline import SRPipeline
+from xraysr.training.visualize import COLUMNS, comparison_grid
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.imaging import encode_png
-from service.local_server import local_server
-from service.uncertainty import UNCERTAINTY_SCALE
-from training.config import Degradation
-from training.data import read_splits
-from training.degradation import make_lr
-from training.scoring import markdown_summary, score_image, summarize_by_group
+from xraysr.service.imaging import encode_png
+from xraysr.service.local_server import local_server
+from xraysr.service.uncertainty import UNCERTAINTY_SCALE
+from xraysr.training.config import Degradation
+from xraysr.training.data import read_splits
+from xraysr.training.degradation import make_lr
+from xraysr.training.scoring import markdown_summary, score_image, summarize_by_group
 
 
 def _decode_png(data: bytes) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from service.manifest import (
+from xraysr.service.manifest import (
     Component,
     ImageSpec,
     LatentSpec,
@@ -23,8 +23,8 @@ from service.manifest import (
     sha256_of,
     write_manifest,
 )
-from training.diffusion import make_training_scheduler
-from training.pipeline import SRPipeline
+from xraysr.training.diffusion import make_training_scheduler
+from xraysr.training.pipeline import SRPipeline
 
 logger = logging.getLogger(__name__)
 

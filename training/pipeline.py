@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import load_checkpoint
-from training.config import SRTrainConfig
-from training.diffusion import ConditionEncoder, super_resolve
-from training.unet_lite import UNetLite, build_unet
-from training.vae import build_frozen_vae
+from xraysr.training.checkpoint import load_checkpoint
+from xraysr.training.config import SRTrainConfig
+from xraysr.training.diffusion import ConditionEncoder, super_resolve
+from xraysr.training.unet_lite import UNetLite, build_unet
+from xraysr.training.vae import build_frozen_vae
 
 
 @dataclass

@@ -36,15 +36,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from training.prepare_images import (
+from xraysr.training.prepare_images import (
     MAX_ASPECT_RATIO,
     DroppedImage,
     center_square,
     check_shape,
     load_grayscale,
 )
-from training.prepare_metadata import NIH_COLUMNS, ImageMeta, read_manifest, read_nih_metadata
-from training.splits import SPLITS, split_by_patient, split_counts, splits_table
+from xraysr.training.prepare_metadata import NIH_COLUMNS, ImageMeta, read_manifest, read_nih_metadata
+from xraysr.training.splits import SPLITS, split_by_patient, split_counts, splits_table
 
 __all__ = [
     "MAX_ASPECT_RATIO",

@@ -38,10 +38,10 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
-from service.manifest import COMPONENTS, Manifest, load_manifest, sha256_of, write_manifest
-from service.pipeline import SRPipeline
-from training.data import read_splits
-from training.metrics import bicubic_upscale, psnr, ssim
+from xraysr.service.manifest import COMPONENTS, Manifest, load_manifest, sha256_of, write_manifest
+from xraysr.service.pipeline import SRPipeline
+from xraysr.training.data import read_splits
+from xraysr.training.metrics import bicubic_upscale, psnr, ssim
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from scipy.stats import spearmanr
 
-from training.metrics import bicubic_upscale, psnr, ssim
+from xraysr.training.metrics import bicubic_upscale, psnr, ssim
 
 # Adults are the product's users: their test images are the primary number; children are reported beside.
 PEDIATRIC_SOURCES = ("pediatric",)

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Protocol
 
-from training.config import Split
+from xraysr.training.config import Split
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 SPLITS_COLUMNS = ("filename", "patient_id", "view", "split", "source")

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.nn import functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from training.checkpoint import (
+from xraysr.training.checkpoint import (
     EMA,
     latest_checkpoint,
     load_checkpoint,
@@ -28,20 +28,20 @@ from training.checkpoint import (
     step_seed,
     warmup_cosine,
 )
-from training.config import SRTrainConfig, save_config
-from training.data import PairDataset, augment_pair, augmentation_generator, batch_at_step, to_uint8
-from training.degradation import degrade_mixed, draw_degradations
-from training.diffusion import (
+from xraysr.training.config import SRTrainConfig, save_config
+from xraysr.training.data import PairDataset, augment_pair, augmentation_generator, batch_at_step, to_uint8
+from xraysr.training.degradation import degrade_mixed, draw_degradations
+from xraysr.training.diffusion import (
     ConditionEncoder,
     diffusion_sample,
     make_training_scheduler,
     regression_target,
     super_resolve,
 )
-from training.metrics import bicubic_upscale, psnr, ssim
-from training.unet_lite import UNetLite, build_unet, flops_per_step, parameter_count
-from training.vae import build_frozen_vae
-from training.visualize import comparison_grid
+from xraysr.training.metrics import bicubic_upscale, psnr, ssim
+from xraysr.training.unet_lite import UNetLite, build_unet, flops_per_step, parameter_count
+from xraysr.training.vae import build_frozen_vae
+from xraysr.training.visualize import comparison_grid
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.tensorboard import SummaryWriter
 
-from training.checkpoint import (
+from xraysr.training.checkpoint import (
     EMA,
     latest_checkpoint,
     load_checkpoint,
@@ -20,11 +20,11 @@ from training.checkpoint import (
     step_seed,
     warmup_cosine,
 )
-from training.config import VAETrainConfig, save_config
-from training.data import PairDataset, augment_pair, augmentation_generator, batch_at_step, to_uint8
-from training.metrics import psnr, ssim
-from training.unet_lite import parameter_count
-from training.vae import CxrVAE, build_cxr_vae, kl_divergence
+from xraysr.training.config import VAETrainConfig, save_config
+from xraysr.training.data import PairDataset, augment_pair, augmentation_generator, batch_at_step, to_uint8
+from xraysr.training.metrics import psnr, ssim
+from xraysr.training.unet_lite import parameter_count
+from xraysr.training.vae import CxrVAE, build_cxr_vae, kl_divergence
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from training.config import UNetConfig
-from training.layers import ResBlock, group_norm
+from xraysr.training.config import UNetConfig
+from xraysr.training.layers import ResBlock, group_norm
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:

@@ -13,8 +13,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from training.config import CxrVAEConfig, DiffusersVAEConfig, VAEConfig
-from training.layers import ResBlock, group_norm
+from xraysr.training.config import CxrVAEConfig, DiffusersVAEConfig, VAEConfig
+from xraysr.training.layers import ResBlock, group_norm
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from service.engine import load_pipeline
-from service.settings import load_settings
-from training.visualize import comparison_grid
+from xraysr.service.engine import load_pipeline
+from xraysr.service.settings import load_settings
+from xraysr.training.visualize import comparison_grid
 
 
 def main() -> None:

@@ -10,12 +10,12 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from service.batching import Batcher
-from service.concurrency import Admission
-from service.lifecycle import Lifecycle
-from service.metrics import ServiceMetrics
-from service.pipeline import SRPipeline
-from service.settings import Settings
+from xraysr.service.batching import Batcher
+from xraysr.service.concurrency import Admission
+from xraysr.service.lifecycle import Lifecycle
+from xraysr.service.metrics import ServiceMetrics
+from xraysr.service.pipeline import SRPipeline
+from xraysr.service.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

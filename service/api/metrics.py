@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from service.api.deps import MetricsDep, require_token_for_metrics
+from xraysr.service.api.deps import MetricsDep, require_token_for_metrics
 
 router = APIRouter(tags=["metrics"])
 

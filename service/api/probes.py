@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.lifecycle import Lifecycle
+from xraysr.service.lifecycle import Lifecycle
 
 router = APIRouter(tags=["probes"])
 

@@ -31,8 +31,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service import __version__
-from service.api.deps import (
+from xraysr.service import __version__
+from xraysr.service.api.deps import (
     AdmissionDep,
     BatcherDep,
     LifecycleDep,
@@ -42,16 +42,16 @@ from service.api.deps import (
     reject_unknown_query,
     require_token,
 )
-from service.batching import Batcher, Job, JobResult, ShuttingDown
-from service.concurrency import Overloaded
-from service.imaging import BodyTimeout, BodyTooLarge, DecodedImage, ImageError, check_body_size, decode_image
-from service.manifest import MAX_SAMPLES, Manifest
-from service.metrics import ServiceMetrics
-from service.pipeline import UpscaleResult, check_samples
-from service.provenance import DISCLAIMER
-from service.sampler import SEED_MAX, sample_seeds
-from service.settings import Settings
-from service.uncertainty import UNCERTAINTY_SCALE
+from xraysr.service.batching import Batcher, Job, JobResult, ShuttingDown
+from xraysr.service.concurrency import Overloaded
+from xraysr.service.imaging import BodyTimeout, BodyTooLarge, DecodedImage, ImageError, check_body_size, decode_image
+from xraysr.service.manifest import MAX_SAMPLES, Manifest
+from xraysr.service.metrics import ServiceMetrics
+from xraysr.service.pipeline import UpscaleResult, check_samples
+from xraysr.service.provenance import DISCLAIMER
+from xraysr.service.sampler import SEED_MAX, sample_seeds
+from xraysr.service.settings import Settings
+from xraysr.service.uncertainty import UNCERTAINTY_SCALE
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["upscale"])

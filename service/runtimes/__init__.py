@@ -7,7 +7,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from service.manifest import Manifest, Precision
+from xraysr.service.manifest import Manifest, Precision
 
 Backend = Literal["onnxruntime", "tensorrt"]
 
@@ -46,12 +46,12 @@ def load_runtime(
     builds fp16 engines from fp32 files, caches the engines it builds, and fixes their largest batch."""
     match backend:
         case "onnxruntime":
-            from service.runtimes.onnxruntime import OnnxRuntime
+            from xraysr.service.runtimes.onnxruntime import OnnxRuntime
 
             return OnnxRuntime(manifest, model_dir, threads)
         case "tensorrt":
             try:
-                from service.runtimes.tensorrt import TensorRTRuntime
+                from xraysr.service.runtimes.tensorrt import TensorRTRuntime
             except ImportError as error:
                 raise ValueError(
                     "the tensorrt backend needs TensorRT and pycuda (JetPack ships TensorRT; build pycuda in the "

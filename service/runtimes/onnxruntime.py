@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.manifest import Manifest
+from xraysr.service.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

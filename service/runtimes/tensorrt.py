@@ -24,8 +24,8 @@ import numpy as np
 import pycuda.driver as cuda
 import tensorrt as trt
 
-from service.manifest import MAX_SAMPLES, Manifest
-from service.runtimes.trt_build import DEFAULT_WORKSPACE_MIB, Precision, build_all, current_device
+from xraysr.service.manifest import MAX_SAMPLES, Manifest
+from xraysr.service.runtimes.trt_build import DEFAULT_WORKSPACE_MIB, Precision, build_all, current_device
 
 logger = logging.getLogger(__name__)
 

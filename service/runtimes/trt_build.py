@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.manifest import MAX_SAMPLES, Manifest, Precision, load_manifest
+from xraysr.service.manifest import MAX_SAMPLES, Manifest, Precision, load_manifest
 
 logger = logging.getLogger(__name__)
 

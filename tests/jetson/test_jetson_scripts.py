@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from xraysr.service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 JETSON = REPO / "jetson"

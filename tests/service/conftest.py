@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.settings import Settings, load_settings
+from xraysr.service.settings import Settings, load_settings
 
 SHARED_LR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr" / "LR_64"
 

@@ -21,11 +21,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
-from service import __version__
-from service.app import create_app
-from service.manifest import read_manifest, write_manifest
-from service.provenance import DISCLAIMER
-from service.settings import Settings
+from xraysr.service import __version__
+from xraysr.service.app import create_app
+from xraysr.service.manifest import read_manifest, write_manifest
+from xraysr.service.provenance import DISCLAIMER
+from xraysr.service.settings import Settings
 
 STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "total"]
 
@@ -142,7 +142,7 @@ def test_a_pipeline_bug_is_a_logged_500_and_the_server_carries_on(
         raise RuntimeError("onnxruntime exploded")
 
     monkeypatch.setattr(pipeline, "upscale_batch", broken)
-    with caplog.at_level(logging.ERROR, logger="service.api.upscale"):
+    with caplog.at_level(logging.ERROR, logger="xraysr.service.api.upscale"):
         response = client.post("/upscale", params={"seed": 5}, content=lr_png, headers={"content-type": "image/png"})
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error while upscaling; the server log has the details"}

@@ -12,12 +12,12 @@ import httpx
 import numpy as np
 import pytest
 
-from service.engine import load_pipeline
-from service.local_server import local_server_process
-from service.pipeline import Stopped
-from service.settings import Settings
 from tests.service.dicom_files import deflate_bomb
 from tests.service.serving import DEFAULT_ENGINES, memory_mb, metric
+from xraysr.service.engine import load_pipeline
+from xraysr.service.local_server import local_server_process
+from xraysr.service.pipeline import Stopped
+from xraysr.service.settings import Settings
 
 PNG = {"content-type": "image/png"}
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.bench import markdown, run_bench
-from service.cli import main
-from service.pipeline import SRPipeline, UpscaleResult
+from xraysr.service.bench import markdown, run_bench
+from xraysr.service.cli import main
+from xraysr.service.pipeline import SRPipeline, UpscaleResult
 
 
 def test_bench_measures_in_process_http_and_torch_in_one_run(tiny_engine_dir: Path, tiny_checkpoint: Path) -> None:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import main
-from service.engine import load_pipeline
-from service.settings import Settings
-from service.uncertainty import uncertainty_levels
 from tests.service.dicom_files import dicom_file
+from xraysr.service.cli import main
+from xraysr.service.engine import load_pipeline
+from xraysr.service.settings import Settings
+from xraysr.service.uncertainty import uncertainty_levels
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,7 +138,7 @@ def test_uncertainty_for_a_folder_is_refused(tmp_path: Path, capsys: pytest.Capt
 def test_serve_with_a_bad_setting_exits_with_one_clear_line(tiny_engine_dir: Path) -> None:
     env = {**os.environ, "XRAYSR_ENGINES_DIR": str(tiny_engine_dir.parent), "XRAYSR_MODEL": tiny_engine_dir.name}
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--port", "70000"],
+        [sys.executable, "-m", "xraysr.service.cli", "serve", "--port", "70000"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2

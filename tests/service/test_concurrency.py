@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.concurrency import Admission, Overloaded
+from xraysr.service.concurrency import Admission, Overloaded
 
 
 def test_admits_up_to_its_capacity_and_refuses_the_next() -> None:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.manifest import load_manifest
-from service.pipeline import SRPipeline
-from service.runtimes import load_runtime
 from tests.conftest import SHARED_DATA
+from xraysr.service.manifest import load_manifest
+from xraysr.service.pipeline import SRPipeline
+from xraysr.service.runtimes import load_runtime
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.dicom import MAX_DATASET_BYTES
-from service.imaging import ImageError, decode_image
 from tests.service.dicom_files import deflate_bomb, dicom_file
+from xraysr.service.dicom import MAX_DATASET_BYTES
+from xraysr.service.imaging import ImageError, decode_image
 
 pytest.importorskip("pydicom", reason="DICOM input needs pydicom")
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.local_server import local_server
 from tests.service.dicom_files import dicom_file
+from xraysr.service.local_server import local_server
 
 MAX_BODY_BYTES = 16 * 1024
 STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "total"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.flops import DEVICES, estimate_table, graph_cost
-from service.manifest import load_manifest
+from xraysr.service.flops import DEVICES, estimate_table, graph_cost
+from xraysr.service.manifest import load_manifest
 
 onnx = pytest.importorskip("onnx", reason="counting FLOPs reads ONNX graphs with the onnx package (train extra)")
 torch = pytest.importorskip("torch", reason="the cross-check uses torch's FlopCounterMode (train extra)")
@@ -35,8 +35,8 @@ def test_a_single_convolution_costs_what_arithmetic_says(tmp_path: Path) -> None
 def test_unet_flops_agree_with_torch_and_the_table_covers_every_device(
     tiny_engine_dir: Path, tiny_checkpoint: Path
 ) -> None:
-    from training.pipeline import SRPipeline
-    from training.unet_lite import flops_per_step
+    from xraysr.training.pipeline import SRPipeline
+    from xraysr.training.unet_lite import flops_per_step
 
     manifest = load_manifest(tiny_engine_dir)
     counted = graph_cost(tiny_engine_dir / "unet.onnx").flops

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.imaging import ImageError, decode_image
-from service.local_server import local_server
 from tests.service.dicom_files import dicom_file
+from xraysr.service.imaging import ImageError, decode_image
+from xraysr.service.local_server import local_server
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 

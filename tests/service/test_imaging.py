@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging import (
+from tests.service.dicom_files import dicom_file
+from xraysr.service.imaging import (
     BodyTooLarge,
     EmptyBody,
     ImageError,
@@ -27,7 +28,6 @@ from service.imaging import (
     decode_image,
     encode_png,
 )
-from tests.service.dicom_files import dicom_file
 
 CXR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr"
 

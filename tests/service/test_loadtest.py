@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from service.loadtest import check_target, run_load
-from service.local_server import local_server
+from xraysr.service.cli import main
+from xraysr.service.loadtest import check_target, run_load
+from xraysr.service.local_server import local_server
 
 
 def test_a_load_run_reports_every_request_and_the_servers_batches(

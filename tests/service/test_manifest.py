@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.manifest import (
+from xraysr.service.manifest import (
     ManifestError,
     load_manifest,
     manifest_name,

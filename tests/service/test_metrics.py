@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import DURATION_BUCKETS, ServiceMetrics
+from xraysr.service.metrics import DURATION_BUCKETS, ServiceMetrics
 
 
 def _samples(metrics: ServiceMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

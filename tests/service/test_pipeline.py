@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.api.upscale import server_timing
-from service.manifest import Manifest, load_manifest
-from service.pipeline import SRPipeline, to_pixels
-from service.runtimes import load_runtime
-from service.sampler import SEED_MAX
+from xraysr.service.api.upscale import server_timing
+from xraysr.service.manifest import Manifest, load_manifest
+from xraysr.service.pipeline import SRPipeline, to_pixels
+from xraysr.service.runtimes import load_runtime
+from xraysr.service.sampler import SEED_MAX
 
 
 class _DeviceTimedRuntime:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.manifest import SamplerSpec
-from service.sampler import SEED_MAX, DDIMSampler, initial_noise, sample_seeds
+from xraysr.service.manifest import SamplerSpec
+from xraysr.service.sampler import SEED_MAX, DDIMSampler, initial_noise, sample_seeds
 
 torch = pytest.importorskip("torch", reason="the reference scheduler comes with the train extra")
 diffusers = pytest.importorskip("diffusers", reason="the reference scheduler comes with the train extra")
 
 
 def _spec(prediction_type: str = "epsilon", beta_schedule: str = "linear") -> SamplerSpec:
-    from training.config import DiffusionConfig
-    from training.diffusion import make_training_scheduler
+    from xraysr.training.config import DiffusionConfig
+    from xraysr.training.diffusion import make_training_scheduler
 
     config = DiffusionConfig(beta_schedule=beta_schedule, prediction_type=prediction_type)
     alphas = make_training_scheduler(config).alphas_cumprod
@@ -38,8 +38,8 @@ def test_trailing_timesteps_are_pinned() -> None:
 @pytest.mark.parametrize("steps", [5, 25, 30])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_matches_diffusers_ddim_trailing(prediction_type: str, steps: int) -> None:
-    from training.config import DiffusionConfig
-    from training.diffusion import make_sampling_scheduler
+    from xraysr.training.config import DiffusionConfig
+    from xraysr.training.diffusion import make_sampling_scheduler
 
     reference = make_sampling_scheduler(DiffusionConfig(prediction_type=prediction_type), "ddim")
     reference.set_timesteps(steps)
@@ -104,8 +104,8 @@ def test_floored_timesteps_end_at_the_final_timestep_whatever_the_step_count(ste
 
 
 def test_floored_sampler_matches_the_training_sides_torch_loop() -> None:
-    from training.config import DiffusionConfig
-    from training.diffusion import sample_latent
+    from xraysr.training.config import DiffusionConfig
+    from xraysr.training.diffusion import sample_latent
 
     config = DiffusionConfig(prediction_type="sample", final_timestep=300)
     sampler = DDIMSampler(_floored_spec(300))
@@ -139,6 +139,6 @@ def test_a_final_timestep_that_leaves_no_room_for_max_steps_is_refused() -> None
     with pytest.raises(ValueError, match="floored goes with a final_timestep"):
         SamplerSpec.model_validate(floored)
     with pytest.raises(ValueError, match="cannot space"):
-        from service.sampler import floored_timesteps
+        from xraysr.service.sampler import floored_timesteps
 
         floored_timesteps(1000, 20, 990)

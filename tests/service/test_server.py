@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from service.local_server import local_server_process
 from tests.service.serving import DEFAULT_ENGINES, is_closed, metric
+from xraysr.service.local_server import local_server_process
 
 
 def _connect(url: str) -> socket.socket:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings, SettingsError, load_settings
+from xraysr.service.settings import PACKAGED_ENGINES_DIR, Settings, SettingsError, load_settings
 
 
 @pytest.fixture()
 def engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """engines/cxr-default/manifest.json under the working directory, and no XRAYSR_* from the outside."""
+    """engines/cxr-default/manifest.json under the working directory, served from there, no other XRAYSR_*."""
     for name in list(__import__("os").environ):
         if name.startswith("XRAYSR_"):
             monkeypatch.delenv(name)
@@ -19,13 +19,17 @@ def engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for model in ("cxr-default", "other"):
         (tmp_path / "engines" / model).mkdir(parents=True)
         (tmp_path / "engines" / model / "manifest.json").write_text("{}")
+    monkeypatch.setenv("XRAYSR_ENGINES_DIR", "engines")
     return tmp_path / "engines"
 
 
-def test_defaults_serve_the_default_model_on_loopback(engines: Path) -> None:
+def test_defaults_serve_the_default_model_on_loopback(engines: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XRAYSR_ENGINES_DIR")
     settings = load_settings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
-    assert settings.model_dir == Path("engines/cxr-default")
+    # The packaged model, wherever the command runs from: the repository's engines/ through xraysr/engines.
+    assert settings.model_dir == PACKAGED_ENGINES_DIR / "cxr-default"
+    assert settings.model_dir.resolve() == (Path(__file__).resolve().parents[2] / "engines" / "cxr-default")
     assert (settings.backend, settings.precision, settings.threads) == ("onnxruntime", "fp32", None)
     assert (settings.max_concurrent_requests, settings.max_queued_requests) == (1, 8)
     assert settings.max_body_bytes == 1048576

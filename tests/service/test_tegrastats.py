@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
-from service import app as app_module
-from service.metrics import ServiceMetrics
-from service.settings import Settings
-from service.tegrastats import (
+from xraysr.service import app as app_module
+from xraysr.service.metrics import ServiceMetrics
+from xraysr.service.settings import Settings
+from xraysr.service.tegrastats import (
     TegrastatsCollector,
     TegrastatsSample,
     parse_line,
@@ -162,7 +162,7 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
 
 def test_the_reader_updates_the_gauges_and_stops(fake_tegrastats: Path, caplog: pytest.LogCaptureFixture) -> None:
     registry = CollectorRegistry()
-    with caplog.at_level(logging.WARNING, logger="service.tegrastats"):
+    with caplog.at_level(logging.WARNING, logger="xraysr.service.tegrastats"):
         reader = start_from_environment(registry)
         assert reader is not None
         _wait_for(lambda: b"VDD_IN" in generate_latest(registry))
@@ -190,7 +190,7 @@ def test_without_the_switch_or_the_binary_nothing_starts(
     assert start_from_environment(CollectorRegistry()) is None
     monkeypatch.setenv("XRAYSR_TEGRASTATS", "1")
     monkeypatch.setenv("PATH", str(fake_tegrastats / "empty"))
-    with caplog.at_level(logging.WARNING, logger="service.tegrastats"):
+    with caplog.at_level(logging.WARNING, logger="xraysr.service.tegrastats"):
         assert start_from_environment(CollectorRegistry()) is None
     assert "no tegrastats is on PATH" in caplog.text
 
@@ -200,7 +200,7 @@ def test_a_tegrastats_that_cannot_start_leaves_the_metrics_off(
 ) -> None:
     (fake_tegrastats / "tegrastats").write_text("#!/nonexistent/interpreter\n")
     registry = CollectorRegistry()
-    with caplog.at_level(logging.WARNING, logger="service.tegrastats"):
+    with caplog.at_level(logging.WARNING, logger="xraysr.service.tegrastats"):
         assert start_from_environment(registry) is None
     assert "could not start" in caplog.text
     assert b"xraysr_jetson" not in generate_latest(registry)

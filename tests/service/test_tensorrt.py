@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.manifest import MAX_SAMPLES, Manifest, load_manifest, write_manifest
-from service.pipeline import SRPipeline
-from service.runtimes import DeviceLoop, load_runtime
-from service.runtimes.onnxruntime import OnnxRuntime
-from service.runtimes.trt_build import (
+from xraysr.service.cli import main
+from xraysr.service.manifest import MAX_SAMPLES, Manifest, load_manifest, write_manifest
+from xraysr.service.pipeline import SRPipeline
+from xraysr.service.runtimes import DeviceLoop, load_runtime
+from xraysr.service.runtimes.onnxruntime import OnnxRuntime
+from xraysr.service.runtimes.trt_build import (
     Device,
     EngineKey,
     build_all,
@@ -194,7 +194,7 @@ def test_build_all_keys_each_component_by_its_onnx_checksum(
         assert timing_cache == tmp_path / "timing.cache"
         return onnx_path.name.encode()
 
-    monkeypatch.setattr("service.runtimes.trt_build.build_engine", fake_build)
+    monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fake_build)
     engines, reports = build_all(DEFAULT_MODEL, tmp_path, "fp16", ORIN, workspace_mib=256)
     assert engines == {name: f"{name}.onnx".encode() for name in ("encoder", "unet", "decoder")}
     # The default max batch is MAX_SAMPLES, the same as the runtime's: serve loads what build-engines built.
@@ -230,7 +230,7 @@ def test_int8_builds_the_quantized_files_on_an_orin_and_fp16_from_fp32_on_a_nano
         built.append((onnx_path.name, precision))
         return b"plan"
 
-    monkeypatch.setattr("service.runtimes.trt_build.build_engine", fake_build)
+    monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fake_build)
     _, orin = build_all(model_with_int8, tmp_path / "orin", "int8", ORIN)
     assert [(report.component, report.precision) for report in orin] == [
         ("encoder", "int8"),
@@ -275,17 +275,17 @@ def test_build_engines_without_tensorrt_exits_with_one_line(tmp_path: Path, caps
 
 @pytest.fixture
 def fake_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[object]:
-    """service.runtimes.tensorrt imported against CPU stand-ins; the "engines" are the ONNX files themselves."""
+    """xraysr.service.runtimes.tensorrt imported against CPU stand-ins; the "engines" are the ONNX files themselves."""
     from tests.service import fake_tensorrt as fakes
 
     pycuda, driver = fakes.make_pycuda()
     monkeypatch.setitem(sys.modules, "pycuda", pycuda)
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
     monkeypatch.setitem(sys.modules, "tensorrt", fakes.make_tensorrt())
-    monkeypatch.setattr("service.runtimes.trt_build.build_engine", fakes.build_engine)
-    sys.modules.pop("service.runtimes.tensorrt", None)
-    yield importlib.import_module("service.runtimes.tensorrt")
-    sys.modules.pop("service.runtimes.tensorrt", None)  # later tests must not see the stand-ins
+    monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fakes.build_engine)
+    sys.modules.pop("xraysr.service.runtimes.tensorrt", None)
+    yield importlib.import_module("xraysr.service.runtimes.tensorrt")
+    sys.modules.pop("xraysr.service.runtimes.tensorrt", None)  # later tests must not see the stand-ins
 
 
 def test_build_engines_builds_then_loads(
@@ -402,8 +402,8 @@ def test_a_batch_beyond_the_engines_max_is_refused(fake_tensorrt, tiny_engine_di
 @needs_tensorrt
 @pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-3), ("fp16", 5e-2)])
 def test_tensorrt_engines_match_onnxruntime(tiny_engine_dir: Path, tmp_path: Path, precision, tolerance) -> None:  # type: ignore[no-untyped-def]
-    from service.runtimes.onnxruntime import OnnxRuntime
-    from service.runtimes.tensorrt import TensorRTRuntime
+    from xraysr.service.runtimes.onnxruntime import OnnxRuntime
+    from xraysr.service.runtimes.tensorrt import TensorRTRuntime
 
     manifest = load_manifest(tiny_engine_dir)
     runtime = TensorRTRuntime(manifest, tiny_engine_dir, precision, cache_dir=tmp_path)
@@ -435,7 +435,7 @@ def test_tensorrt_engines_match_onnxruntime(tiny_engine_dir: Path, tmp_path: Pat
 
 @needs_tensorrt
 def test_the_tensorrt_device_loop_matches_the_host_loop(tiny_step_engine_dir: Path, tmp_path: Path) -> None:
-    from service.runtimes.tensorrt import TensorRTRuntime
+    from xraysr.service.runtimes.tensorrt import TensorRTRuntime
 
     manifest = load_manifest(tiny_step_engine_dir)
     runtime = TensorRTRuntime(manifest, tiny_step_engine_dir, "fp32", cache_dir=tmp_path)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.uncertainty import UNCERTAINTY_SCALE, mean_and_spread, uncertainty_levels, uncertainty_png
+from xraysr.service.uncertainty import UNCERTAINTY_SCALE, mean_and_spread, uncertainty_levels, uncertainty_png
 
 
 def test_mean_and_population_spread_in_grey_levels() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from training.checkpoint import checkpoint_path
-from training.config import (
+from xraysr.training.checkpoint import checkpoint_path
+from xraysr.training.config import (
     ConfigError,
     CxrVAEConfig,
     DiffusersVAEConfig,
@@ -257,7 +257,7 @@ def test_every_repository_config_validates(path: Path) -> None:
 def test_widths_the_group_norm_cannot_split_are_refused_at_load() -> None:
     from pydantic import ValidationError
 
-    from training.config import CxrVAEConfig, UNetConfig
+    from xraysr.training.config import CxrVAEConfig, UNetConfig
 
     with pytest.raises(ValidationError, match="multiple of 8"):
         UNetConfig(base_channels=12)

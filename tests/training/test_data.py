@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.config import AugmentConfig, DataConfig
-from training.data import (
+from xraysr.training.config import AugmentConfig, DataConfig
+from xraysr.training.data import (
     AugmentParameters,
     PairDataset,
     SplitRow,
@@ -239,7 +239,7 @@ def test_unknown_split_value_is_rejected(tmp_path: Path) -> None:
 
 
 def test_degrade_reproduces_the_prepared_lr_images(cxr_root: Path) -> None:
-    from training.degradation import degrade
+    from xraysr.training.degradation import degrade
 
     names = sorted(path.name for path in (cxr_root / "HR_256").iterdir())
     hr = torch.stack([to_unit_range(_decode(cxr_root / "HR_256" / name))[None] for name in names])

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import SHARED_DATA
-from training.config import AugmentConfig
-from training.degradation import DEGRADATIONS, degrade, degrade_mixed, draw_degradations, make_lr
+from xraysr.training.config import AugmentConfig
+from xraysr.training.degradation import DEGRADATIONS, degrade, degrade_mixed, draw_degradations, make_lr
 
 
 def real_hr_images(count: int = 6) -> list[np.ndarray]:

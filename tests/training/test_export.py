@@ -10,16 +10,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.manifest import load_manifest
-from service.pipeline import SRPipeline as ServicePipeline
-from service.pipeline import to_model_range
-from service.runtimes import load_runtime
-from service.sampler import initial_noise
-from training.data import PairDataset, to_uint8
-from training.diffusion import super_resolve
-from training.export import _Decoder
-from training.metrics import psnr
-from training.pipeline import SRPipeline
+from xraysr.service.manifest import load_manifest
+from xraysr.service.pipeline import SRPipeline as ServicePipeline
+from xraysr.service.pipeline import to_model_range
+from xraysr.service.runtimes import load_runtime
+from xraysr.service.sampler import initial_noise
+from xraysr.training.data import PairDataset, to_uint8
+from xraysr.training.diffusion import super_resolve
+from xraysr.training.export import _Decoder
+from xraysr.training.metrics import psnr
+from xraysr.training.pipeline import SRPipeline
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_service_pipeline_matches_the_pytorch_reference_sampler(
 def test_a_floored_export_serves_what_the_pytorch_sampler_makes(
     tiny_checkpoint: Path, reference: SRPipeline, tiny_cxr_root: Path, tmp_path: Path
 ) -> None:
-    from training.export import export_model
+    from xraysr.training.export import export_model
 
     manifest = export_model(tiny_checkpoint, tmp_path, "tiny", steps=(2, 4, 50), default_samples=3, final_timestep=400)
     assert (manifest.sampler.final_timestep, manifest.sampler.default_samples) == (400, 3)
@@ -102,7 +102,7 @@ def test_manifest_describes_the_export(tiny_engine_dir: Path, reference: SRPipel
 def test_evaluate_served_scores_the_engines_through_a_real_server(
     tiny_engine_dir: Path, tiny_cxr_root: Path, tmp_path: Path
 ) -> None:
-    from training.evaluate_served import evaluate_served
+    from xraysr.training.evaluate_served import evaluate_served
 
     report = evaluate_served(tiny_engine_dir.parent, tiny_engine_dir.name, tiny_cxr_root, "test", tmp_path,
                              steps=2, seed=0)

@@ -8,12 +8,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.manifest import Manifest, load_manifest
-from service.pipeline import SRPipeline
-from service.runtimes import DeviceLoop
-from service.runtimes.onnxruntime import OnnxRuntime
-from service.sampler import DDIMSampler, initial_noise
-from training.export import UNET_STEP_INPUTS
+from xraysr.service.manifest import Manifest, load_manifest
+from xraysr.service.pipeline import SRPipeline
+from xraysr.service.runtimes import DeviceLoop
+from xraysr.service.runtimes.onnxruntime import OnnxRuntime
+from xraysr.service.sampler import DDIMSampler, initial_noise
+from xraysr.training.export import UNET_STEP_INPUTS
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.metrics import bicubic_upscale, psnr, ssim
+from xraysr.training.metrics import bicubic_upscale, psnr, ssim
 
 SHARED_CXR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr"
 # skimage's SSIM constants for data_range=255: C1 = (0.01 * 255)², C2 = (0.03 * 255)².

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.prepare import (
+from xraysr.training.prepare import (
     DROP_REASONS,
     DroppedImage,
     ImageMeta,
@@ -443,7 +443,7 @@ def test_prepare_sources_splits_by_patient_across_every_source(
             np.testing.assert_array_equal(read_png(tmp_path / folder / row["filename"]),
                                           read_png(shared_data / row["source"] / folder / row["filename"]))
     # The data loader reads the source column.
-    from training.data import read_splits as read_split_rows
+    from xraysr.training.data import read_splits as read_split_rows
 
     assert {row.source for row in read_split_rows(tmp_path)} == set(SOURCES)
 
@@ -472,7 +472,7 @@ def test_split_by_patient_is_stratified_by_source_and_keeps_a_shared_patient_tog
 
 
 def test_prepare_command_combines_sources(four_sources: list[Source], tmp_path: Path) -> None:
-    from service.cli import main
+    from xraysr.service.cli import main
 
     arguments = ["prepare", "--views", "all", "--out", str(tmp_path), "--workers", "1"]
     for source in four_sources[:2]:

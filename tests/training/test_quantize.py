@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from service.engine import load_pipeline
-from service.manifest import load_manifest, sha256_of
-from service.settings import Settings
-from training.quantize import quantize_component, quantize_engines, unet_float_nodes
+from xraysr.service.engine import load_pipeline
+from xraysr.service.manifest import load_manifest, sha256_of
+from xraysr.service.settings import Settings
+from xraysr.training.quantize import quantize_component, quantize_engines, unet_float_nodes
 
 
 @pytest.fixture(scope="module")

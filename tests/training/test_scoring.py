@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SHARED_DATA
-from training.metrics import bicubic_upscale, psnr
-from training.scoring import gradient_magnitude, markdown_summary, score_image, summarize_by_group
+from xraysr.training.metrics import bicubic_upscale, psnr
+from xraysr.training.scoring import gradient_magnitude, markdown_summary, score_image, summarize_by_group
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,17 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from training.checkpoint import latest_checkpoint, load_checkpoint
-from training.config import SRTrainConfig, VAETrainConfig
-from training.data import PairDataset, to_uint8
-from training.degradation import make_lr
-from training.diffusion import ConditionEncoder, diffusion_sample, make_training_scheduler, regression_target
-from training.evaluate import evaluate
-from training.metrics import bicubic_upscale, psnr
-from training.train import train_sr
-from training.train_vae import train_vae
-from training.unet_lite import UNetLite
-from training.vae import CxrVAE
+from xraysr.training.checkpoint import latest_checkpoint, load_checkpoint
+from xraysr.training.config import SRTrainConfig, VAETrainConfig
+from xraysr.training.data import PairDataset, to_uint8
+from xraysr.training.degradation import make_lr
+from xraysr.training.diffusion import ConditionEncoder, diffusion_sample, make_training_scheduler, regression_target
+from xraysr.training.evaluate import evaluate
+from xraysr.training.metrics import bicubic_upscale, psnr
+from xraysr.training.train import train_sr
+from xraysr.training.train_vae import train_vae
+from xraysr.training.unet_lite import UNetLite
+from xraysr.training.vae import CxrVAE
 
 NO_AUGMENT = {"hflip_probability": 0.0, "max_rotation_degrees": 0.0, "brightness_jitter": 0.0}
 TINY_UNET = {"base_channels": 8, "channel_multipliers": [1, 2], "num_res_blocks": 1, "time_embed_dim": 16}

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import UNetConfig
-from training.unet_lite import UNetLite, build_unet, flops_per_step, parameter_count, timestep_embedding
+from xraysr.training.config import UNetConfig
+from xraysr.training.unet_lite import UNetLite, build_unet, flops_per_step, parameter_count, timestep_embedding
 
 LATENT_CHANNELS = 4
 # A tiny config whose parameters and FLOPs are counted by hand below.

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.config import CxrVAEConfig, DiffusersVAEConfig
-from training.vae import (
+from xraysr.training.config import CxrVAEConfig, DiffusersVAEConfig
+from xraysr.training.vae import (
     CxrVAE,
     PretrainedVAE,
     build_cxr_vae,

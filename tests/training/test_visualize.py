@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.visualize import COLUMNS, comparison_grid
+from xraysr.training.visualize import COLUMNS, comparison_grid
 
 
 def _image(size: int, seed: int) -> np.ndarray:
