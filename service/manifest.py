@@ -44,6 +44,11 @@ class Component(_Contract):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # What `xraysr quantize` measured and kept: a GPU runtime builds each component at this precision, so the
+    # engine that runs is the model whose fidelity docs/RESULTS.md reports. Absent (older manifests): fp32.
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8: the file holds QDQ nodes; fp32: float only (TensorRT may lower it to fp16)."
+    )
 
 
 class ImageSpec(_Contract):
