@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from xraysr.service import __version__
 from xraysr.service import commands as service_commands
+from xraysr.service.extras import check_dependencies
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level or "INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        check_dependencies(args)  # before any work: a missing extra is one line, not a traceback minutes later
         return int(args.handler(args) or 0)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         # Expected user errors (bad paths, bad configs) end with one clear line, not a traceback.

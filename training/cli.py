@@ -1,7 +1,7 @@
 """The training half of the `xraysr` command: prepare, train-vae, train, evaluate.
 
 Nothing heavy is imported here at module level: `xraysr --help` must work on a serving-only install.
-Each handler imports its module when it runs, and says which extra to install when torch is missing.
+Each handler imports its module when it runs; service/extras.py checks first that the extra is installed.
 """
 
 from __future__ import annotations
@@ -18,13 +18,6 @@ from xraysr.training.config import Degradation
 # How the LR is made from HR for scoring (training/degradation.py); "cubic" is the stored LR_64.
 DEGRADATION_CHOICES = get_args(Degradation)
 DEGRADATION_HELP = "how the 64x64 input is made from HR: cubic (cv2.INTER_CUBIC, default), area, cubic_aa"
-
-
-def _require_training_extra() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError as error:
-        raise ValueError("this command needs the training extra: pip install -c constraints.txt '.[train]'") from error
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -56,7 +49,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train_vae(args: argparse.Namespace) -> int:
-    _require_training_extra()
     from xraysr.training.config import VAETrainConfig, load_config
     from xraysr.training.train_vae import train_vae
 
@@ -65,7 +57,6 @@ def _train_vae(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    _require_training_extra()
     from xraysr.training.config import SRTrainConfig, load_config
     from xraysr.training.train import train_sr
 
@@ -74,7 +65,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _require_training_extra()
     from xraysr.training.evaluate import evaluate
 
     report = evaluate(
@@ -117,7 +107,6 @@ def _evaluate_served(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    _require_training_extra()
     from xraysr.training.export import export_model
 
     manifest = export_model(
@@ -232,7 +221,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--default-samples", type=int, default=1, help="samples a request averages when it names none (1-8)"
     )
     export.add_argument(
-        "--step-graph", action="store_true", help="also export unet_step.onnx (UNet + DDIM update, for TensorRT)"
+        "--step-graph",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also export unet_step.onnx (UNet + DDIM update: TensorRT's on-GPU loop); default on",
     )
     export.set_defaults(handler=_export)
 
