@@ -2,17 +2,29 @@
 # Build TensorRT engines from an engines/<model> folder with trtexec, on the Jetson that will run them.
 #
 #   jetson/build_engines.sh [--engines-dir engines] [--model cxr-default] [--precision int8|fp16|fp32]
-#                           [--out DIR] [--workspace-mib 1024] [--max-batch 1]
+#                           [--out DIR] [--workspace-mib 1024] [--max-batch 8] [--opt-batch 1]
 #
 # The service builds and caches its own engines (`xraysr build-engines`, run by the container's entrypoint);
 # this script is the same build through NVIDIA's trtexec, without Python's TensorRT bindings: to check that
 # every ONNX file parses and builds on this board, to read trtexec's latency report (in the .log beside each
 # plan), and on JetPack 4, whose TensorRT bindings exist only for Python 3.6.
 #
-# Precision: int8 builds the quantized (Q/DQ) ONNX named by manifest.int8.json (`xraysr quantize`) with
-# --int8 --fp16 (FP16 between the Q/DQ pairs); fp16 and fp32 build the ONNX of manifest.json. A GPU below
-# compute capability 6.1 has no INT8 in TensorRT (the original Jetson Nano is 5.3), so int8 falls back to
-# fp16 there, with a message.
+# Every component is built, whatever happened to the one before, and a table says which built (with
+# trtexec's median GPU compute time) and which failed (with the log's last error); the exit status is 1 if
+# any failed. On the original Nano (JetPack 4.6, TensorRT 8.2) the encoder is expected to fail: its bicubic
+# Resize needs TensorRT 8.5 or later.
+#
+# Shapes: the dynamic batch axis runs from 1 to --max-batch, 8 by default, the server's: `xraysr serve`
+# gathers up to max_batch (8) samples into one engine batch, and a samples=8 request is a batch of 8
+# (MAX_SAMPLES, service/manifest.py). trtexec tunes for and times --opt-batch, 1 by default as the service's
+# optimisation profile does.
+#
+# Precision: int8 builds the quantized model of manifest.int8.json (`xraysr quantize`) as the service does:
+# the components the manifest marks int8 (Q/DQ files) with --int8 --fp16 (FP16 between the Q/DQ pairs), the
+# others at FP32, the precision quantize kept them at. fp16 and fp32 build the ONNX of manifest.json. A GPU
+# below compute capability 6.1 has no INT8 in TensorRT (the original Jetson Nano is 5.3), so int8 falls back
+# to fp16 there, with a message. The layers the service pins to FP32 in an FP16 build (service/runtimes)
+# are not pinned here: this is a build check and a latency estimate, not the served engine.
 #
 # Compute capability, in this order (nvidia-smi does not exist on a Jetson):
 #   1. XRAYSR_COMPUTE_CAPABILITY, e.g. 8.7, if set;
@@ -29,7 +41,8 @@ model=cxr-default
 precision=int8
 out=""
 workspace_mib=1024
-max_batch=1
+max_batch=8
+opt_batch=1
 
 usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -41,6 +54,7 @@ while [[ $# -gt 0 ]]; do
         --out) out="$2"; shift 2 ;;
         --workspace-mib) workspace_mib="$2"; shift 2 ;;
         --max-batch) max_batch="$2"; shift 2 ;;
+        --opt-batch) opt_batch="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "build_engines.sh: error: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -50,6 +64,9 @@ fail() { echo "build_engines.sh: error: $*" >&2; exit 1; }
 
 case "${precision}" in int8 | fp16 | fp32) ;; *) fail "--precision must be int8, fp16 or fp32, got ${precision}" ;; esac
 [[ "${max_batch}" =~ ^[1-9][0-9]*$ ]] || fail "--max-batch must be a positive integer, got ${max_batch}"
+if [[ ! "${opt_batch}" =~ ^[1-9][0-9]*$ ]] || ((opt_batch > max_batch)); then
+    fail "--opt-batch must be between 1 and --max-batch (${max_batch}), got ${opt_batch}"
+fi
 [[ "${workspace_mib}" =~ ^[1-9][0-9]*$ ]] || fail "--workspace-mib must be a positive integer, got ${workspace_mib}"
 model_dir="${engines_dir}/${model}"
 out="${out:-${model_dir}/trtexec}"
@@ -108,26 +125,32 @@ if [[ -z "${trtexec}" && -x /usr/src/tensorrt/bin/trtexec ]]; then
 fi
 [[ -n "${trtexec}" ]] || fail "trtexec not found on PATH or in /usr/src/tensorrt/bin (JetPack's tensorrt package)"
 
+# The help text is read whole before it is searched: `trtexec --help | grep -q` lets grep exit at the first
+# match while trtexec is still writing its ~26 KB, trtexec dies of SIGPIPE, and pipefail turns the match false.
+help_text="$("${trtexec}" --help 2>&1 || true)"
 # TensorRT 8.4 replaced --workspace with --memPoolSize (both in MiB); JetPack 4 ships TensorRT 8.2.
-if "${trtexec}" --help 2>&1 | grep -q -- --memPoolSize; then
+if [[ "${help_text}" == *--memPoolSize* ]]; then
     workspace_flag="--memPoolSize=workspace:${workspace_mib}"
 else
     workspace_flag="--workspace=${workspace_mib}"
 fi
-case "${effective}" in
-    int8) precision_flags=(--int8 --fp16) ;;
-    fp16) precision_flags=(--fp16) ;;
-    fp32) precision_flags=() ;;
-esac
+# "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] ...": a timing cache per TensorRT version and GPU, since
+# another version's cache fails to load (or is silently ignored).
+trt_version=""
+if [[ "${help_text}" =~ \[TensorRT\ v([0-9]+)\] ]]; then
+    trt_version="${BASH_REMATCH[1]}"
+fi
+timing_cache="${out}/timing${trt_version:+-trt${trt_version}}-sm${major}${minor}.cache"
 
-# One line per component: name, ONNX file, then the min/opt/max shapes of every input with the manifest's
-# dynamic "batch" axis set to 1, max_batch and max_batch (trtexec's name:AxBxC,name:D syntax).
+# One line per component: name, ONNX file, the precision it is built at, then the min/opt/max shapes of
+# every input with the manifest's dynamic "batch" axis set to 1, opt_batch and max_batch (trtexec's
+# name:AxBxC,name:D syntax).
 components="$(
-    python3 - "${manifest}" "${max_batch}" <<'PYTHON'
+    python3 - "${manifest}" "${effective}" "${opt_batch}" "${max_batch}" <<'PYTHON'
 import json
 import sys
 
-manifest_path, max_batch = sys.argv[1], int(sys.argv[2])
+manifest_path, effective, opt_batch, max_batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 with open(manifest_path) as handle:
     manifest = json.load(handle)
 
@@ -140,26 +163,58 @@ def shapes(inputs, batch):
 
 
 for name, component in manifest["components"].items():
+    # As service/runtimes/trt_build.py's component_precision: an int8 build is INT8 for the Q/DQ files only.
+    built_at = effective
+    if effective == "int8":
+        built_at = "int8" if component.get("precision", "fp32") == "int8" else "fp32"
     inputs = component["inputs"]
-    print(name, component["path"], shapes(inputs, 1), shapes(inputs, max_batch), shapes(inputs, max_batch))
+    print(name, component["path"], built_at, shapes(inputs, 1), shapes(inputs, opt_batch), shapes(inputs, max_batch))
 PYTHON
 )"
 
 mkdir -p "${out}"
 echo "build_engines.sh: ${model} at ${effective} (requested ${precision}) for compute capability ${capability}" \
-    "with ${trtexec}, into ${out}" >&2
-while read -r name onnx min_shapes opt_shapes max_shapes; do
-    plan="${out}/${name}-${effective}.plan"
-    log="${out}/${name}-${effective}.log"
-    "${trtexec}" \
+    "with ${trtexec}${trt_version:+ (TensorRT ${trt_version})}, batch 1..${max_batch} (opt ${opt_batch}), into ${out}" >&2
+results=()
+failed=0
+while read -r name onnx built_at min_shapes opt_shapes max_shapes; do
+    plan="${out}/${name}-${built_at}.plan"
+    log="${out}/${name}-${built_at}.log"
+    case "${built_at}" in
+        int8) precision_flags=(--int8 --fp16) ;;
+        fp16) precision_flags=(--fp16) ;;
+        fp32) precision_flags=() ;;
+    esac
+    echo "build_engines.sh: ${name} (${onnx}, ${built_at})..." >&2
+    if "${trtexec}" \
         --onnx="${model_dir}/${onnx}" \
         --saveEngine="${plan}" \
         ${precision_flags[@]+"${precision_flags[@]}"} \
         "${workspace_flag}" \
-        --timingCacheFile="${out}/timing.cache" \
+        --timingCacheFile="${timing_cache}" \
         --minShapes="${min_shapes}" \
         --optShapes="${opt_shapes}" \
-        --maxShapes="${max_shapes}" >"${log}" 2>&1 ||
-        fail "trtexec failed on ${onnx}; its output is in ${log}:$(echo; tail -n 20 "${log}")"
-    echo "${plan}"
+        --maxShapes="${max_shapes}" </dev/null >"${log}" 2>&1; then
+        # "[I] GPU Compute Time: min = 1.2 ms, max = ..., mean = ..., median = 1.3 ms, ...", at --opt-batch.
+        median="$(sed -n 's/.*GPU Compute Time: .*median = \([0-9.]*\) ms.*/\1/p' "${log}" | tail -n 1)"
+        results+=("${name}|${built_at}|built|${median:+${median} ms}|${plan}")
+    else
+        failed=1
+        error="$(grep -E '\[E\]|ERROR|Error' "${log}" | tail -n 1 || true)"
+        results+=("${name}|${built_at}|FAILED||${log}${error:+: ${error}}")
+        echo "build_engines.sh: trtexec failed on ${onnx}; the end of ${log}:" >&2
+        tail -n 20 "${log}" >&2
+    fi
 done <<<"${components}"
+
+# The table, on stdout: one row per component.
+# Columns are at least two spaces apart; "gpu median" is trtexec's median GPU compute time at --opt-batch.
+printf '%-10s  %-9s  %-6s  %-10s  %s\n' component precision result "gpu median" "plan or log"
+for row in "${results[@]}"; do
+    IFS='|' read -r name built_at result median file <<<"${row}"
+    printf '%-10s  %-9s  %-6s  %-10s  %s\n' "${name}" "${built_at}" "${result}" "${median:--}" "${file}"
+done
+if ((failed)); then
+    echo "build_engines.sh: error: not every component built; see the FAILED rows and their logs" >&2
+    exit 1
+fi

@@ -8,9 +8,10 @@
 # releases, names are what the documentation uses, so a name is looked up and an ID is taken as given:
 #
 #   board                     JetPack   ID  NAME         budget   notes
-#   Orin Nano 8 GB / 4 GB     6.0, 6.1  0   15W          15 W     all 6 cores (8 GB); the default
+#   Orin Nano 8 GB            6.0, 6.1  0   15W          15 W     all 6 cores; the default
 #                                       1   7W           7 W      4 cores; the setting for a fanless box
-#   Orin Nano 8 GB            6.2       0   15W, 1 25W, 2 MAXN_SUPER (the "Super" firmware; check --list)
+#   Orin Nano 8 GB            6.2       0   15W, 1 25W, 2 MAXN_SUPER (uncapped), and 7W (the "Super" modes)
+#   Orin Nano 4 GB            6.x       a 10W top mode before 6.2, Super modes on 6.2: check --list
 #   Jetson Nano 4 GB          4.6       0   MAXN         10 W     4 cores, GPU 921 MHz; the default
 #                                       1   5W           5 W      2 cores, GPU 640 MHz; for a USB supply
 #

@@ -17,11 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from xraysr.service.manifest import MAX_SAMPLES
+from xraysr.service.settings import PACKAGED_ENGINES_DIR
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 DOCKERFILES = {"jetson": DOCKER / "Dockerfile.jetson", "cpu": DOCKER / "Dockerfile.cpu"}
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 CACHE_VOLUME = "/var/lib/xraysr/engines-cache"
+EX_CONFIG = 78  # sysexits.h: the entrypoint's "cannot work as started"
 
 
 @dataclass(frozen=True)
@@ -136,18 +140,25 @@ def test_the_served_stage_runs_as_a_user_with_a_health_check(dockerfile: tuple[s
     assert json.loads(entrypoint) == ["/usr/local/bin/xraysr-entrypoint"]
     copies = [i.arguments.split() for i in final if i.keyword == "COPY"]
     assert ["docker/entrypoint.sh", "/usr/local/bin/xraysr-entrypoint"] in copies
-    assert ["engines/", "/opt/xraysr/engines/"] in copies
+    # The model is copied once, as the build source of the wheel that carries it (xraysr/engines), and is not
+    # copied again beside it.
+    assert ["engines", "./engines"] in copies and ["xraysr", "./xraysr"] in copies
+    assert not [copy for copy in copies if copy[-1].startswith("/opt/xraysr/engines")]
 
 
 def test_the_settings_suit_the_backend(dockerfile: tuple[str, list[Instruction]]) -> None:
     name, instructions = dockerfile
     env = env_of(stages(instructions)[-1])
     assert env["XRAYSR_HOST"] == "0.0.0.0" and env["XRAYSR_PORT"] == "8000"
-    assert env["XRAYSR_ENGINES_DIR"] == "/opt/xraysr/engines"
+    # No XRAYSR_ENGINES_DIR: serve's default is the model the installed package carries.
+    assert "XRAYSR_ENGINES_DIR" not in env
+    assert (PACKAGED_ENGINES_DIR / env["XRAYSR_MODEL"] / "manifest.json").is_file()
     if name == "jetson":
         assert (env["XRAYSR_BACKEND"], env["XRAYSR_PRECISION"]) == ("tensorrt", "int8")
         # The folder the TensorRT runtime caches engines in is the volume.
         assert env["XRAYSR_TRT_CACHE_DIR"] == CACHE_VOLUME
+        # The image's TensorRT promise, for xraysr-gpu-check; the build argument fills it.
+        assert env["XRAYSR_EXPECTED_TENSORRT"] == "${EXPECTED_TENSORRT}"
     else:
         assert (env["XRAYSR_BACKEND"], env["XRAYSR_PRECISION"]) == ("onnxruntime", "fp32")
 
@@ -155,7 +166,11 @@ def test_the_settings_suit_the_backend(dockerfile: tuple[str, list[Instruction]]
 def test_the_jetson_image_builds_pycuda_and_takes_tensorrt_from_jetpack() -> None:
     instructions = parse_dockerfile(DOCKERFILES["jetson"].read_text())
     builder, served = stages(instructions)
-    assert build_args(instructions)["L4T_JETPACK_IMAGE"].startswith("nvcr.io/nvidia/l4t-jetpack:r36.")
+    # JetPack 6.1/6.2's userspace: TensorRT 10.3, CUDA 12.6 (r36.3.0 is JetPack 6.0, TensorRT 8.6).
+    assert build_args(instructions)["L4T_JETPACK_IMAGE"] == "nvcr.io/nvidia/l4t-jetpack:r36.4.0"
+    assert build_args(instructions)["EXPECTED_TENSORRT"] == "10.3"
+    assert {"L4T_JETPACK_IMAGE", "EXPECTED_TENSORRT"} <= {i.arguments for i in builder if i.keyword == "ARG"}
+    assert "EXPECTED_TENSORRT" in [i.arguments for i in served if i.keyword == "ARG"]
     builder_runs = " ".join(i.arguments for i in builder if i.keyword == "RUN")
     assert "python3-dev" in builder_runs and "build-essential" in builder_runs
     assert 'pip wheel --no-cache-dir --no-deps --wheel-dir /wheels "pycuda==${PYCUDA_VERSION}"' in builder_runs
@@ -177,6 +192,52 @@ def test_the_jetson_image_builds_pycuda_and_takes_tensorrt_from_jetpack() -> Non
     assert "--groups video" in " ".join(i.arguments for i in served if i.keyword == "RUN")
 
 
+def _tensorrt_check(instructions: list[Instruction]) -> str:
+    """The builder stage's first RUN: the one that compares the base image's TensorRT with the promise."""
+    builder = stages(instructions)[0]
+    runs = [instruction for instruction in builder if instruction.keyword == "RUN"]
+    assert "EXPECTED_TENSORRT" in runs[0].arguments, "the TensorRT check must run first, before anything slow"
+    assert builder.index(runs[0]) < min(builder.index(run) for run in runs if "pycuda" in run.arguments)
+    return runs[0].arguments
+
+
+@pytest.mark.parametrize(
+    ("python_says", "dpkg_says", "expected", "passes"),
+    [
+        ("10.3.0", None, "10.3", True),
+        ("8.6.2", None, "10.3", False),  # the r36.3.0 base under the default promise
+        ("8.6.2", None, "8.6", True),  # ... built as documented, with both arguments overridden
+        ("10.30.1", None, "10.3", False),  # a prefix is not a match
+        (None, "10.3.0.30-1+cuda12.5", "10.3", True),  # no importable bindings: the Debian package says it
+        (None, None, "10.3", False),  # no TensorRT at all
+    ],
+)
+def test_the_jetson_build_stops_at_once_on_a_tensorrt_it_does_not_promise(
+    tmp_path: Path, python_says: str | None, dpkg_says: str | None, expected: str, passes: bool
+) -> None:
+    """The RUN line itself, under /bin/sh as Docker runs it, with python3 and dpkg-query stand-ins."""
+    command = _tensorrt_check(parse_dockerfile(DOCKERFILES["jetson"].read_text()))
+    for tool, answer in (("python3", python_says), ("dpkg-query", dpkg_says)):
+        script = tmp_path / tool
+        script.write_text(f"#!/bin/sh\necho '{answer}'\n" if answer else "#!/bin/sh\nexit 1\n")
+        script.chmod(0o755)
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "EXPECTED_TENSORRT": expected,
+        "L4T_JETPACK_IMAGE": "nvcr.io/nvidia/l4t-jetpack:r36.x",
+    }
+    result = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=10)
+    found = python_says or (dpkg_says or "none")
+    if passes:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"TensorRT {found} in nvcr.io/nvidia/l4t-jetpack:r36.x, as expected ({expected})\n"
+    else:
+        assert result.returncode == 1
+        assert result.stderr.startswith(
+            f"error: nvcr.io/nvidia/l4t-jetpack:r36.x has TensorRT '{found}', not {expected}: pass"
+        )
+
+
 def test_the_cpu_image_is_python_slim() -> None:
     instructions = parse_dockerfile(DOCKERFILES["cpu"].read_text())
     (from_line,) = [i.arguments for i in instructions if i.keyword == "FROM"]
@@ -184,9 +245,22 @@ def test_the_cpu_image_is_python_slim() -> None:
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: a pattern matching the path or a folder above it excludes it, a "!" pattern brings it
+    back, and the last pattern that matches decides."""
     parts = Path(path.rstrip("/")).parts
     prefixes = ["/".join(parts[: length + 1]) for length in range(len(parts))]
-    return any(fnmatch.fnmatch(prefix, pattern.rstrip("/")) for pattern in patterns for prefix in prefixes)
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        if any(fnmatch.fnmatch(prefix, pattern.lstrip("!").rstrip("/")) for prefix in prefixes):
+            excluded = not negated
+    return excluded
+
+
+def test_the_ignore_rule_follows_dockers_exceptions() -> None:
+    patterns = ["jetson", "!jetson/gpu_check.sh", "**/*.pyc"]
+    assert _ignored("jetson/build_engines.sh", patterns) and _ignored("jetson", patterns)
+    assert not _ignored("jetson/gpu_check.sh", patterns) and not _ignored("service/app.py", patterns)
 
 
 def test_what_the_images_copy_exists_and_is_not_docker_ignored(dockerfile: tuple[str, list[Instruction]]) -> None:
@@ -273,32 +347,54 @@ def test_on_onnxruntime_the_entrypoint_only_serves(tmp_path: Path) -> None:
     assert log.read_text() == "serve --port 9000\n"
 
 
-def test_on_tensorrt_the_entrypoint_builds_into_the_cache_then_serves(tmp_path: Path) -> None:
+def test_on_tensorrt_the_entrypoint_builds_the_packaged_model_into_the_cache_then_serves(tmp_path: Path) -> None:
     log = _fake_xraysr(tmp_path / "bin")
     cache = tmp_path / "cache"
     cache.mkdir()
-    result = _run_entrypoint(
-        tmp_path / "bin",
-        XRAYSR_BACKEND="tensorrt",
-        XRAYSR_ENGINES_DIR="/opt/xraysr/engines",
-        XRAYSR_MODEL="cxr-default",
-        XRAYSR_PRECISION="fp16",
-        XRAYSR_TRT_CACHE_DIR=str(cache),
-    )
+    result = _run_entrypoint(tmp_path / "bin", XRAYSR_BACKEND="tensorrt", XRAYSR_TRT_CACHE_DIR=str(cache))
     assert result.returncode == 0, result.stderr
+    # No XRAYSR_ENGINES_DIR, no --engines-dir: both commands use the model the installed package carries.
     assert log.read_text().splitlines() == [
         "build-engines --help",
-        f"build-engines --engines-dir /opt/xraysr/engines --model cxr-default --precision fp16 --cache-dir {cache}",
+        f"build-engines --model cxr-default --precision int8 --cache-dir {cache}",
         "serve",
     ]
 
 
-def test_without_build_engines_the_entrypoint_fails_loudly(tmp_path: Path) -> None:
+def test_a_mounted_model_folder_and_a_larger_max_batch_reach_the_build(tmp_path: Path) -> None:
+    log = _fake_xraysr(tmp_path / "bin")
+    environment = {
+        "XRAYSR_BACKEND": "tensorrt",
+        "XRAYSR_ENGINES_DIR": "/models",
+        "XRAYSR_MODEL": "cxr-site",
+        "XRAYSR_PRECISION": "fp16",
+        "XRAYSR_TRT_CACHE_DIR": str(tmp_path),
+    }
+    result = _run_entrypoint(tmp_path / "bin", "--port", "9000", **environment, XRAYSR_MAX_BATCH="16")
+    assert result.returncode == 0, result.stderr
+    build = f"build-engines --engines-dir /models --model cxr-site --precision fp16 --cache-dir {tmp_path}"
+    assert log.read_text().splitlines()[1:] == [f"{build} --max-batch 16", "serve --port 9000"]
+    # serve builds for max(max_batch, MAX_SAMPLES): at or below MAX_SAMPLES, build-engines' default is the same.
+    log.unlink()
+    assert _run_entrypoint(tmp_path / "bin", **environment, XRAYSR_MAX_BATCH=str(MAX_SAMPLES)).returncode == 0
+    assert log.read_text().splitlines()[1] == build
+
+
+def test_without_build_engines_the_entrypoint_fails_for_good(tmp_path: Path) -> None:
     log = _fake_xraysr(tmp_path / "bin", build_engines_exit=2)
     result = _run_entrypoint(tmp_path / "bin", XRAYSR_BACKEND="tensorrt", XRAYSR_TRT_CACHE_DIR=str(tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == EX_CONFIG  # jetson/xraysr.service does not restart on it
     assert "no working 'build-engines' command" in result.stderr
     assert "serve" not in log.read_text()
+
+
+def test_an_unwritable_cache_fails_for_good(tmp_path: Path) -> None:
+    log = _fake_xraysr(tmp_path / "bin")
+    cache = tmp_path / "not-mounted"  # absent: not writable even by root, who may write anywhere else
+    result = _run_entrypoint(tmp_path / "bin", XRAYSR_BACKEND="tensorrt", XRAYSR_TRT_CACHE_DIR=str(cache))
+    assert result.returncode == EX_CONFIG
+    assert f"the engine cache {cache} is not writable by uid {os.getuid()}" in result.stderr
+    assert log.read_text() == "build-engines --help\n"
 
 
 def test_a_failed_engine_build_stops_the_container(tmp_path: Path) -> None:
@@ -311,6 +407,22 @@ def test_a_failed_engine_build_stops_the_container(tmp_path: Path) -> None:
     result = _run_entrypoint(bin_dir, XRAYSR_BACKEND="tensorrt", XRAYSR_TRT_CACHE_DIR=str(tmp_path))
     assert result.returncode == 3
     assert "serve" not in log.read_text()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_a_docker_that_blocks_threads_is_named_in_one_line(tmp_path: Path, backend: str) -> None:
+    """Docker < 20.10.10's seccomp answers clone3 with EPERM: Python's first thread fails as below."""
+    log = _fake_xraysr(tmp_path / "bin")
+    python3 = tmp_path / "bin" / "python3"
+    python3.write_text('#!/bin/sh\necho "RuntimeError: can\'t start new thread" >&2\nexit 1\n')
+    python3.chmod(0o755)
+    result = _run_entrypoint(tmp_path / "bin", XRAYSR_BACKEND=backend, XRAYSR_TRT_CACHE_DIR=str(tmp_path))
+    assert result.returncode == EX_CONFIG
+    assert result.stderr.splitlines() == [
+        "xraysr-entrypoint: error: this container cannot start a thread: Docker older than 20.10.10 blocks glibc's "
+        "clone3 (moby/moby#42680); upgrade Docker on the host (docker version: Server 20.10.10 or later)"
+    ]
+    assert not log.exists()
 
 
 SHELL_SCRIPTS = [ENTRYPOINT, *sorted((REPO / "jetson").glob("*.sh"))]
