@@ -53,9 +53,11 @@ def load_runtime(
             try:
                 from xraysr.service.runtimes.tensorrt import TensorRTRuntime
             except ImportError as error:
+                # The import error's own text says which: a missing module, or JetPack's TensorRT bindings
+                # (built against NumPy 1.x) failing under NumPy 2 ("numpy.core.multiarray failed to import").
                 raise ValueError(
-                    "the tensorrt backend needs TensorRT and pycuda (JetPack ships TensorRT; build pycuda in the "
-                    f"image): {error}; or use --backend onnxruntime"
+                    "the tensorrt backend needs TensorRT and pycuda (JetPack ships TensorRT, whose bindings need "
+                    f"numpy<2; build pycuda in the image): {error}; or use --backend onnxruntime"
                 ) from error
             if max_batch is None:
                 return TensorRTRuntime(manifest, model_dir, precision, trt_cache_dir)

@@ -1,9 +1,10 @@
-"""ONNX → TensorRT engine, cached on disk: the precision policy, the cache key, and the builder.
+"""ONNX → TensorRT engine, cached on disk: the precision policy, the cache key, and the build of every component.
 
 A serialized engine only runs on the TensorRT version and GPU that built it, so the cache key hashes both
-with the ONNX file's checksum and every builder option that changes the engine; a sidecar JSON beside each
-``.plan`` records those fields so a stale or foreign engine is rebuilt, never deserialized. The policy and
-the key are pure Python; TensorRT is imported only inside ``build_engine`` so this module imports anywhere.
+with the ONNX file's checksum, the precision each component is built at, every builder option that changes
+the engine, and ``BUILD_RECIPE`` (how this code builds); a sidecar JSON beside each ``.plan`` records those
+fields so a stale or foreign engine is rebuilt, never deserialized. The policy and the key are pure Python;
+TensorRT is imported only by the builder (service/runtimes/trt_builder.py), so this module imports anywhere.
 """
 
 from __future__ import annotations
@@ -13,24 +14,29 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from xraysr.service.manifest import MAX_SAMPLES, Manifest, Precision, load_manifest
+from xraysr.service.manifest import MAX_SAMPLES, Component, Manifest, Precision, load_manifest
+from xraysr.service.runtimes.atomic import write_atomically
+from xraysr.service.runtimes.trt_builder import build_engine
 
 logger = logging.getLogger(__name__)
 
 
-# TensorRT runs INT8 kernels only from compute capability 6.1 (Pascal GP10x) and fast FP16 from 5.3
-# (the original Jetson Nano's Maxwell GM20B is 5.3: FP16 yes, INT8 no).
+# TensorRT runs INT8 kernels only from compute capability 6.1 (Pascal GP10x), except 6.2 (the TX2's GP10B),
+# and fast FP16 from 5.3 (the original Jetson Nano's Maxwell GM20B is 5.3: FP16 yes, INT8 no).
 INT8_MIN_COMPUTE_CAPABILITY = (6, 1)
+NO_INT8_COMPUTE_CAPABILITIES = frozenset({(6, 2)})
 FP16_MIN_COMPUTE_CAPABILITY = (5, 3)
 DEFAULT_WORKSPACE_MIB = 1024
-TIMING_CACHE_NAME = "timing.cache"
+# Bump when a change here or in trt_builder.py/trt_precision.py changes the engine built from the same inputs
+# (a parser flag, a builder flag, a layer pinned to FP32): old plans are then rebuilt, not silently reused.
+# 2: per-component precision, native InstanceNorm, FP32 time embedding and DDIM update.
+BUILD_RECIPE = 2
 
 
 def parse_compute_capability(value: str | tuple[int, int]) -> tuple[int, int]:
@@ -49,7 +55,7 @@ def resolve_precision(requested: Precision, compute_capability: str | tuple[int,
     capability = parse_compute_capability(compute_capability)
     shown = f"{capability[0]}.{capability[1]}"
     effective = requested
-    if effective == "int8" and capability < INT8_MIN_COMPUTE_CAPABILITY:
+    if effective == "int8" and (capability < INT8_MIN_COMPUTE_CAPABILITY or capability in NO_INT8_COMPUTE_CAPABILITIES):
         logger.warning("compute capability %s has no INT8 in TensorRT: --precision int8 builds FP16", shown)
         effective = "fp16"
     if effective == "fp16" and capability < FP16_MIN_COMPUTE_CAPABILITY:
@@ -63,18 +69,33 @@ def check_build_request(manifest: Manifest, effective: Precision) -> None:
 
     INT8 here is explicit quantization: the Q/DQ nodes of a quantized (``int8``) manifest's ONNX files carry
     the scales, so TensorRT needs no calibrator; a float model has no scales to build INT8 from, and a Q/DQ
-    model needs the INT8 kernels that compute capability < 6.1 lacks.
+    model needs the INT8 kernels that compute capability < 6.1 lacks. Which files hold Q/DQ nodes is each
+    component's ``precision`` in the manifest.
     """
+    quantized = sorted(name for name, component in manifest.components.items() if component.precision == "int8")
     if effective == "int8" and manifest.precision != "int8":
         raise ValueError(
             f"model {manifest.model} is {manifest.precision}; an INT8 engine needs a quantized (Q/DQ) model: "
             "run `xraysr quantize` and build from its engines/<model> folder"
         )
-    if manifest.precision == "int8" and effective != "int8":
+    if effective == "int8" and not quantized:
+        raise ValueError(
+            f"model {manifest.model}'s manifest.int8.json marks no component int8 (it predates per-component "
+            "precision), so TensorRT cannot tell its Q/DQ files from its float ones: re-run `xraysr quantize`"
+        )
+    if effective != "int8" and (manifest.precision == "int8" or quantized):
         raise ValueError(
             f"model {manifest.model} is quantized (Q/DQ) but this GPU builds {effective}: TensorRT needs INT8 "
             "kernels for Q/DQ layers; build the fp32 or fp16 model for this GPU instead"
         )
+
+
+def component_precision(effective: Precision, component: Component) -> Precision:
+    """What one component is built at: an int8 build takes INT8 only for the Q/DQ files and keeps the rest FP32,
+    the precision `xraysr quantize` measured and kept them at (their output precision is the image's)."""
+    if effective == "int8":
+        return "int8" if component.precision == "int8" else "fp32"
+    return effective
 
 
 @dataclass(frozen=True)
@@ -82,13 +103,15 @@ class EngineKey:
     """Everything that makes one serialized engine differ from another; the sidecar stores these fields."""
 
     component: str
-    precision: Precision
+    precision: Precision  # what this component is built at, not the model's
     onnx_sha256: str
     tensorrt_version: str
     gpu_name: str
+    sm_count: int  # every Orin module reports the name "Orin": the 4 GB and 8 GB Orin Nano differ in SMs
     compute_capability: str
     workspace_mib: int
     max_batch: int
+    build_recipe: int = BUILD_RECIPE
 
     def digest(self) -> str:
         fields = json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -100,6 +123,12 @@ class EngineKey:
 
 def sidecar_path(plan: Path) -> Path:
     return plan.with_suffix(".json")
+
+
+def discard_plan(plan: Path) -> None:
+    """Deletes a plan and its sidecar (the sidecar first: it never vouches for a missing plan)."""
+    sidecar_path(plan).unlink(missing_ok=True)
+    plan.unlink(missing_ok=True)
 
 
 def cached_engine(cache_dir: Path, key: EngineKey) -> Path | None:
@@ -121,19 +150,6 @@ def cached_engine(cache_dir: Path, key: EngineKey) -> Path | None:
     return plan
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
-    # Write beside the target then rename: a crash or a second builder never leaves a half-written plan.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def load_or_build(
     cache_dir: Path, key: EngineKey, build: Callable[[], bytes]
 ) -> tuple[bytes, Literal["loaded", "built"]]:
@@ -144,66 +160,9 @@ def load_or_build(
     serialized = build()
     plan = Path(cache_dir) / key.file_name()
     # The plan first, then its sidecar: a sidecar only ever vouches for a complete plan.
-    _write_atomically(plan, serialized)
-    _write_atomically(sidecar_path(plan), (json.dumps(dataclasses.asdict(key), indent=1) + "\n").encode())
+    write_atomically(plan, serialized)
+    write_atomically(sidecar_path(plan), (json.dumps(dataclasses.asdict(key), indent=1) + "\n").encode())
     return serialized, "built"
-
-
-def build_engine(
-    onnx_path: Path,
-    precision: Precision,
-    max_batch: int,
-    workspace_mib: int,
-    timing_cache: Path | None = None,
-    trt_logger: Any = None,
-) -> bytes:
-    """Parses one ONNX file and builds a serialized engine with a dynamic ``batch`` axis of 1..max_batch."""
-    import tensorrt as trt
-
-    trt_logger = trt_logger or trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(trt_logger)
-    # TensorRT 10 made explicit batch the only mode and removed the flag; 8.x still needs it.
-    explicit_batch = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    network = builder.create_network(0 if explicit_batch is None else 1 << int(explicit_batch))
-    parser = trt.OnnxParser(network, trt_logger)
-    if not parser.parse(Path(onnx_path).read_bytes(), path=str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
-
-    config = builder.create_builder_config()
-    workspace = workspace_mib << 20
-    if hasattr(config, "set_memory_pool_limit"):
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    else:  # TensorRT < 8.4 (JetPack 4.6 on the original Nano)
-        config.max_workspace_size = workspace
-    match precision:
-        case "int8":
-            # Explicit quantization from the Q/DQ nodes; FP16 lets the layers between them run at half precision.
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.set_flag(trt.BuilderFlag.FP16)
-        case "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        case "fp32":
-            pass
-
-    profile = builder.create_optimization_profile()
-    for index in range(network.num_inputs):
-        tensor = network.get_input(index)
-        shape = tuple(tensor.shape)
-        bounds = [tuple(size if size >= 0 else batch for size in shape) for batch in (1, 1, max_batch)]
-        profile.set_shape(tensor.name, *bounds)
-    config.add_optimization_profile(profile)
-
-    cache = None
-    if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build {onnx_path} at {precision} (see its log above)")
-    if cache is not None and timing_cache is not None:
-        _write_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized)
 
 
 @dataclass(frozen=True)
@@ -211,6 +170,18 @@ class Device:
     name: str
     compute_capability: str
     tensorrt_version: str
+    sm_count: int
+
+    def cache_tag(self) -> str:
+        """A file-name-safe tag of this TensorRT and GPU: a timing cache is only valid for both."""
+        name = re.sub(r"[^A-Za-z0-9]+", "-", self.name).strip("-") or "gpu"
+        version = re.sub(r"[^A-Za-z0-9.]+", "-", self.tensorrt_version)
+        return f"trt{version}-sm{self.compute_capability.replace('.', '')}-{self.sm_count}sms-{name}"
+
+
+def timing_cache_path(cache_dir: Path, device: Device) -> Path:
+    """One timing cache per TensorRT version and GPU: another version's blob fails to load (or asserts)."""
+    return Path(cache_dir) / f"timing-{device.cache_tag()}.cache"
 
 
 def current_device() -> Device:
@@ -222,9 +193,12 @@ def current_device() -> Device:
         cuda.init()
         gpu = cuda.Device(0)
         major, minor = gpu.compute_capability()
+        sm_count = int(gpu.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT))
     except cuda.Error as error:
         raise RuntimeError(f"no usable CUDA GPU: {error}") from error
-    return Device(name=gpu.name(), compute_capability=f"{major}.{minor}", tensorrt_version=trt.__version__)
+    return Device(
+        name=gpu.name(), compute_capability=f"{major}.{minor}", tensorrt_version=trt.__version__, sm_count=sm_count
+    )
 
 
 @dataclass(frozen=True)
@@ -232,19 +206,36 @@ class BuildReport:
     component: str
     precision: Precision
     plan: Path
-    action: Literal["loaded", "built"]
+    action: Literal["loaded", "built", "failed"]
+    error: str | None = None  # TensorRT's complaint, when the build failed
+
+
+class EngineBuildError(RuntimeError):
+    """One or more components failed to build; ``reports`` says what happened to every component."""
+
+    def __init__(self, reports: list[BuildReport]) -> None:
+        self.reports = reports
+        lines = [
+            f"{report.component} ({report.precision}): {report.error}"
+            if report.action == "failed"
+            else f"{report.component} ({report.precision}): {report.action}"
+            for report in reports
+        ]
+        failed = sum(report.action == "failed" for report in reports)
+        super().__init__(f"{failed} of {len(reports)} TensorRT engines failed to build: " + "; ".join(lines))
 
 
 def engine_keys(
-    manifest: Manifest, device: Device, precision: Precision, workspace_mib: int, max_batch: int
+    manifest: Manifest, device: Device, effective: Precision, workspace_mib: int, max_batch: int
 ) -> dict[str, EngineKey]:
     return {
         name: EngineKey(
             component=name,
-            precision=precision,
+            precision=component_precision(effective, component),
             onnx_sha256=component.sha256,
             tensorrt_version=device.tensorrt_version,
             gpu_name=device.name,
+            sm_count=device.sm_count,
             compute_capability=device.compute_capability,
             workspace_mib=workspace_mib,
             max_batch=max_batch,
@@ -260,12 +251,15 @@ def build_all(
     device: Device,
     workspace_mib: int = DEFAULT_WORKSPACE_MIB,
     max_batch: int = MAX_SAMPLES,
+    only: Collection[str] | None = None,
 ) -> tuple[dict[str, bytes], list[BuildReport]]:
-    """Every component's serialized engine, loaded from ``cache_dir`` or built into it.
+    """Every component's serialized engine (or those named in ``only``), loaded from ``cache_dir`` or built into it.
 
     The precision is resolved for this GPU first, then the manifest read for it: int8 builds the Q/DQ files
-    of manifest.int8.json, fp16 and fp32 the FP32 files of manifest.json, so --precision int8 on a Nano
-    builds FP16 from the FP32 model rather than failing on Q/DQ layers it has no kernels for.
+    of manifest.int8.json at INT8 and its float files at FP32, fp16 and fp32 the FP32 files of manifest.json,
+    so --precision int8 on a Nano builds FP16 from the FP32 model rather than failing on Q/DQ layers it has no
+    kernels for. A component that fails to build does not stop the others: each is reported (and logged),
+    then ``EngineBuildError`` names every failure with TensorRT's message.
     """
     if max_batch < 1:
         raise ValueError(f"max batch must be at least 1, got {max_batch}")
@@ -274,14 +268,23 @@ def build_all(
     check_build_request(manifest, effective)
     engines: dict[str, bytes] = {}
     reports: list[BuildReport] = []
-    timing_cache = Path(cache_dir) / TIMING_CACHE_NAME
+    timing_cache = timing_cache_path(cache_dir, device)
     keys = engine_keys(manifest, device, effective, workspace_mib, max_batch)
     for name, component in manifest.components.items():
+        if only is not None and name not in only:
+            continue
         key = keys[name]
-        build = functools.partial(
-            build_engine, Path(model_dir) / component.path, effective, max_batch, workspace_mib, timing_cache
-        )
-        engines[name], action = load_or_build(cache_dir, key, build)
-        reports.append(BuildReport(name, effective, Path(cache_dir) / key.file_name(), action))
-        logger.info("%s %s engine %s", action, name, key.file_name())
+        plan = Path(cache_dir) / key.file_name()
+        onnx_path = Path(model_dir) / component.path
+        build = functools.partial(build_engine, onnx_path, key.precision, max_batch, workspace_mib, timing_cache)
+        try:
+            engines[name], action = load_or_build(cache_dir, key, build)
+        except RuntimeError as error:  # TensorRT's parser or builder said no: report it, build the rest
+            logger.error("failed %s engine (%s) from %s: %s", name, key.precision, onnx_path.name, error)
+            reports.append(BuildReport(name, key.precision, plan, "failed", str(error)))
+            continue
+        reports.append(BuildReport(name, key.precision, plan, action))
+        logger.info("%s %s engine (%s) %s", action, name, key.precision, plan.name)
+    if any(report.action == "failed" for report in reports):
+        raise EngineBuildError(reports)
     return engines, reports

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from xraysr.service.cli import main
-from xraysr.service.manifest import MAX_SAMPLES, Manifest, load_manifest, write_manifest
+from xraysr.service.manifest import MAX_SAMPLES, Manifest, load_manifest, read_manifest, write_manifest
 from xraysr.service.pipeline import SRPipeline
 from xraysr.service.runtimes import DeviceLoop, load_runtime
 from xraysr.service.runtimes.onnxruntime import OnnxRuntime
 from xraysr.service.runtimes.trt_build import (
+    BUILD_RECIPE,
     Device,
     EngineKey,
     build_all,
@@ -29,6 +30,7 @@ from xraysr.service.runtimes.trt_build import (
     load_or_build,
     resolve_precision,
     sidecar_path,
+    timing_cache_path,
 )
 
 TRT_AVAILABLE = all(importlib.util.find_spec(name) is not None for name in ("tensorrt", "pycuda"))
@@ -36,8 +38,8 @@ needs_tensorrt = pytest.mark.skipif(
     not TRT_AVAILABLE, reason="TensorRT and pycuda are not installed (they need a GPU driver and NVIDIA's index)"
 )
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
-ORIN = Device(name="Orin", compute_capability="8.7", tensorrt_version="10.3.0")
-NANO = Device(name="NVIDIA Tegra X1", compute_capability="5.3", tensorrt_version="8.2.1")
+ORIN = Device(name="Orin", compute_capability="8.7", tensorrt_version="10.3.0", sm_count=8)
+NANO = Device(name="NVIDIA Tegra X1", compute_capability="5.3", tensorrt_version="8.2.1", sm_count=1)
 
 KEY = EngineKey(
     component="unet",
@@ -45,6 +47,7 @@ KEY = EngineKey(
     onnx_sha256="ab" * 32,
     tensorrt_version="10.3.0",
     gpu_name="Orin",
+    sm_count=8,
     compute_capability="8.7",
     workspace_mib=1024,
     max_batch=1,
@@ -63,7 +66,11 @@ def model_with_int8(manifest: Manifest, tmp_path: Path) -> Path:
     model_dir.mkdir()
     for file in DEFAULT_MODEL.iterdir():
         (model_dir / file.name).symlink_to(file)
-    write_manifest(manifest.model_copy(update={"precision": "int8"}), model_dir, "int8")
+    shipped = read_manifest(DEFAULT_MODEL, "int8")
+    components = {name: shipped.components[name] for name in ("encoder", "unet", "decoder")}
+    # What `xraysr quantize` records: the UNet's file holds the Q/DQ nodes, the encoder and decoder stay float.
+    components["unet"] = components["unet"].model_copy(update={"precision": "int8"})
+    write_manifest(shipped.model_copy(update={"components": components}), model_dir, "int8")
     return model_dir
 
 
@@ -86,6 +93,8 @@ def test_same_fields_give_the_same_key() -> None:
         {"compute_capability": "7.2"},
         {"workspace_mib": 512},
         {"max_batch": 4},
+        {"sm_count": 4},  # the 4 GB Orin Nano: also called "Orin"
+        {"build_recipe": BUILD_RECIPE + 1},
     ],
 )
 def test_every_field_changes_the_key(change: dict[str, object]) -> None:
@@ -144,6 +153,7 @@ def test_a_failed_build_leaves_no_plan(tmp_path: Path) -> None:
         ("int8", "8.7", "int8"),  # Orin
         ("int8", "7.2", "int8"),  # Xavier
         ("int8", "6.1", "int8"),
+        ("int8", "6.2", "fp16"),  # the TX2: Pascal, but no INT8
         ("int8", "5.3", "fp16"),  # the original Nano: FP16, no INT8
         ("fp16", "5.3", "fp16"),
         ("fp32", "5.3", "fp32"),
@@ -178,20 +188,33 @@ def test_int8_needs_a_quantized_model(manifest: Manifest) -> None:
 
 
 def test_a_quantized_model_needs_int8_kernels(manifest: Manifest) -> None:
-    quantized = manifest.model_copy(update={"precision": "int8"})
+    components = dict(manifest.components)
+    components["unet"] = components["unet"].model_copy(update={"precision": "int8"})
+    quantized = manifest.model_copy(update={"precision": "int8", "components": components})
     check_build_request(quantized, "int8")
     with pytest.raises(ValueError, match="is quantized \\(Q/DQ\\) but this GPU builds fp16"):
         check_build_request(quantized, "fp16")
+    # A Q/DQ file in an fp32 manifest is as unbuildable without INT8.
+    with pytest.raises(ValueError, match="is quantized \\(Q/DQ\\) but this GPU builds fp16"):
+        check_build_request(manifest.model_copy(update={"components": components}), "fp16")
+
+
+def test_an_int8_manifest_without_per_component_precision_is_refused(manifest: Manifest) -> None:
+    older = manifest.model_copy(update={"precision": "int8"})  # every component defaults to fp32
+    with pytest.raises(ValueError, match="marks no component int8 \\(it predates per-component precision\\)"):
+        check_build_request(older, "int8")
 
 
 def test_build_all_keys_each_component_by_its_onnx_checksum(
     manifest: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[tuple[str, str, int, int]] = []
+    timing_caches: list[str] = []
 
     def fake_build(onnx_path: Path, precision: str, max_batch: int, workspace_mib: int, timing_cache: Path) -> bytes:
         built.append((onnx_path.name, precision, max_batch, workspace_mib))
-        assert timing_cache == tmp_path / "timing.cache"
+        timing_caches.append(timing_cache.name)
+        assert timing_cache.parent == tmp_path
         return onnx_path.name.encode()
 
     monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fake_build)
@@ -219,6 +242,10 @@ def test_build_all_keys_each_component_by_its_onnx_checksum(
     # Another TensorRT (a JetPack upgrade) never loads these plans.
     _, upgraded = build_all(DEFAULT_MODEL, tmp_path, "fp16", dataclasses.replace(ORIN, tensorrt_version="10.7.0"), 256)
     assert [report.action for report in upgraded] == ["built"] * 3
+    # One timing cache per TensorRT version and GPU: another version's blob would not load.
+    names = [f"timing-trt{version}-sm87-8sms-Orin.cache" for version in ("10.3.0", "10.7.0")]
+    assert timing_caches == [names[0]] * 3 + [names[1]] * 3
+    assert timing_cache_path(tmp_path, ORIN).name == timing_caches[0]
 
 
 def test_int8_builds_the_quantized_files_on_an_orin_and_fp16_from_fp32_on_a_nano(
@@ -232,11 +259,16 @@ def test_int8_builds_the_quantized_files_on_an_orin_and_fp16_from_fp32_on_a_nano
 
     monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fake_build)
     _, orin = build_all(model_with_int8, tmp_path / "orin", "int8", ORIN)
+    # INT8 only for the Q/DQ file; the encoder and decoder at the FP32 that `xraysr quantize` measured.
     assert [(report.component, report.precision) for report in orin] == [
-        ("encoder", "int8"),
+        ("encoder", "fp32"),
         ("unet", "int8"),
-        ("decoder", "int8"),
+        ("decoder", "fp32"),
     ]
+    assert built[:3] == [("encoder.onnx", "fp32"), ("unet.int8.onnx", "int8"), ("decoder.onnx", "fp32")]
+    for report in orin:
+        assert json.loads(sidecar_path(report.plan).read_text())["precision"] == report.precision
+        assert report.plan.name.startswith(f"{report.component}-{report.precision}-")
     with caplog.at_level(logging.WARNING):
         _, nano = build_all(model_with_int8, tmp_path / "nano", "int8", NANO)
     assert [report.precision for report in nano] == ["fp16"] * 3
@@ -266,7 +298,9 @@ def test_load_runtime_without_tensorrt_says_what_is_missing(manifest: Manifest) 
 def test_build_engines_without_tensorrt_exits_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["build-engines", "--engines-dir", str(DEFAULT_MODEL.parent), "--model", DEFAULT_MODEL.name]
     assert main([*argv, "--precision", "fp16", "--cache-dir", str(tmp_path)]) == 2
-    assert "xraysr build-engines: error: building engines needs TensorRT and pycuda" in capsys.readouterr().err
+    error = capsys.readouterr().err  # the wording is service/commands.py's; one line naming what is missing
+    assert error.startswith("xraysr build-engines: error: ") and error.count("\n") == 1
+    assert "TensorRT" in error and "pycuda" in error
     assert list(tmp_path.iterdir()) == []
 
 
@@ -274,18 +308,13 @@ def test_build_engines_without_tensorrt_exits_with_one_line(tmp_path: Path, caps
 
 
 @pytest.fixture
-def fake_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[object]:
-    """xraysr.service.runtimes.tensorrt imported against CPU stand-ins; the "engines" are the ONNX files themselves."""
+def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """xraysr.service.runtimes.tensorrt imported against CPU stand-ins (TensorRT 10.3): the real build_engine
+    runs against the fake builder, and the "engines" run the parsed ONNX in ONNX Runtime."""
     from tests.service import fake_tensorrt as fakes
 
-    pycuda, driver = fakes.make_pycuda()
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    monkeypatch.setitem(sys.modules, "tensorrt", fakes.make_tensorrt())
-    monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fakes.build_engine)
-    sys.modules.pop("xraysr.service.runtimes.tensorrt", None)
-    yield importlib.import_module("xraysr.service.runtimes.tensorrt")
-    sys.modules.pop("xraysr.service.runtimes.tensorrt", None)  # later tests must not see the stand-ins
+    yield fakes.install_for_test(monkeypatch)
+    fakes.uninstall()  # later tests must not see the stand-ins
 
 
 def test_build_engines_builds_then_loads(
@@ -295,7 +324,7 @@ def test_build_engines_builds_then_loads(
     argv += ["--precision", "fp16", "--cache-dir", str(tmp_path / "plans")]
     assert main(argv) == 0
     first = capsys.readouterr().out.splitlines()
-    assert first[0] == "Fake Orin (compute capability 8.7), TensorRT 10.0.0-fake"
+    assert first[0] == "Fake Orin (compute capability 8.7), TensorRT 10.3.0"
     assert [line.split(":")[0] for line in first[1:]] == [
         "built encoder (fp16)",
         "built unet (fp16)",
@@ -309,7 +338,8 @@ def test_the_runtime_runs_each_component_through_device_buffers(
     fake_tensorrt: object, tiny_engine_dir: Path, tmp_path: Path
 ) -> None:
     manifest = load_manifest(tiny_engine_dir)
-    runtime = load_runtime("tensorrt", manifest, tiny_engine_dir, precision="fp16", trt_cache_dir=tmp_path / "cache")
+    # FP32 engines compute what ONNX Runtime computes (an FP16 one does not: tests/service/test_trt_runtime.py).
+    runtime = load_runtime("tensorrt", manifest, tiny_engine_dir, precision="fp32", trt_cache_dir=tmp_path / "cache")
     assert runtime.backend == "tensorrt"
     lr = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
     expected = SRPipeline(manifest, OnnxRuntime(manifest, tiny_engine_dir, threads=1)).upscale(lr, steps=4, seed=2)
@@ -317,7 +347,7 @@ def test_the_runtime_runs_each_component_through_device_buffers(
     np.testing.assert_array_equal(actual.image, expected.image)
     assert runtime.last_gpu_seconds == {"encoder": 1.5e-3, "unet": 1.5e-3, "decoder": 1.5e-3}  # type: ignore[attr-defined]
     plans = sorted(path.name.split("-")[:2] for path in (tmp_path / "cache").glob("*.plan"))
-    assert plans == [["decoder", "fp16"], ["encoder", "fp16"], ["unet", "fp16"]]
+    assert plans == [["decoder", "fp32"], ["encoder", "fp32"], ["unet", "fp32"]]
     runtime.close()  # type: ignore[attr-defined]
 
 
@@ -400,8 +430,11 @@ def test_a_batch_beyond_the_engines_max_is_refused(fake_tensorrt, tiny_engine_di
 
 
 @needs_tensorrt
+@pytest.mark.parametrize("timestep", [500.0, 999.0])  # 999: FP16 angles are 0.5 rad apart there (pinned FP32)
 @pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-3), ("fp16", 5e-2)])
-def test_tensorrt_engines_match_onnxruntime(tiny_engine_dir: Path, tmp_path: Path, precision, tolerance) -> None:  # type: ignore[no-untyped-def]
+def test_tensorrt_engines_match_onnxruntime(  # type: ignore[no-untyped-def]
+    tiny_engine_dir: Path, tmp_path: Path, precision, tolerance, timestep
+) -> None:
     from xraysr.service.runtimes.onnxruntime import OnnxRuntime
     from xraysr.service.runtimes.tensorrt import TensorRTRuntime
 
@@ -415,7 +448,7 @@ def test_tensorrt_engines_match_onnxruntime(tiny_engine_dir: Path, tmp_path: Pat
         "encoder": {"lr_image": lr.astype(np.float32)},
         "unet": {
             "noisy_latent": latent.astype(np.float32),
-            "timestep": np.full((1,), 500.0, np.float32),
+            "timestep": np.full((1,), timestep, np.float32),
             "lr_latent": latent[:, ::-1].astype(np.float32),
         },
         "decoder": {"hr_latent": latent.astype(np.float32)},
@@ -449,3 +482,23 @@ def test_the_tensorrt_device_loop_matches_the_host_loop(tiny_step_engine_dir: Pa
         assert runtime.last_gpu_seconds["denoise"] > 0
     finally:
         runtime.close()
+
+
+@needs_tensorrt
+def test_tensorrt_plans_built_here_load_in_a_new_process(tiny_engine_dir: Path, tmp_path: Path) -> None:
+    """The container's order (build-engines, then serve in another process): TensorRT 8.6 plans with plugin
+    layers only load where init_libnvinfer_plugins ran."""
+    import subprocess
+
+    from xraysr.service.runtimes.trt_build import current_device
+
+    build_all(tiny_engine_dir, tmp_path, "fp16", current_device())
+    code = (
+        "import sys; from pathlib import Path; from xraysr.service.manifest import load_manifest; "
+        "from xraysr.service.runtimes.tensorrt import TensorRTRuntime; model = Path(sys.argv[1]); "
+        "TensorRTRuntime(load_manifest(model), model, 'fp16', Path(sys.argv[2])).close(); print('loaded')"
+    )
+    command = [sys.executable, "-c", code, str(tiny_engine_dir), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "loaded", result.stderr[-2000:]
+    assert "rebuilding" not in result.stderr
