@@ -4,7 +4,7 @@ VENV ?= .venv
 # torch is pinned through constraints.txt: an unpinned torch pulls several GB of CUDA packages.
 PIP = $(VENV)/bin/pip install --quiet --constraint constraints.txt
 
-.PHONY: serve test lint train-default clean
+.PHONY: serve test lint screenshot train-default clean
 
 $(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check service training tests
 	$(VENV)/bin/mypy xraysr/service
 
+# The README's picture of the web page: the browser test saves it (needs Debian's chromium + chromium-driver).
+screenshot: $(VENV)/.test-installed
+	XRAYSR_SCREENSHOT=docs/images/web_page.png $(VENV)/bin/python -m pytest tests/service/test_web.py
+
 # Reproduces the shipped model from the four training sources in ../shared/data (docs/RESULTS.md has the numbers).
 SOURCES = $(foreach source,nih_starter nih cxr pediatric,--source $(source)=../shared/data/$(source))
 train-default: $(VENV)/.test-installed
@@ -38,7 +42,7 @@ train-default: $(VENV)/.test-installed
 	$(VENV)/bin/xraysr train --config configs/sr_all.yaml
 	$(VENV)/bin/xraysr train --config configs/sr_all_6k.yaml --resume runs/sr_all/checkpoints/step_0004000.pt
 	$(VENV)/bin/xraysr export --checkpoint runs/sr_all_6k/checkpoints/step_0006000.pt --out runs/engines/v6k/cxr-default \
-		--model cxr-default --version cxr-default-2.1.0 --final-timestep 400 --default-samples 4
+		--model cxr-default --version cxr-default-2.1.1 --final-timestep 400 --default-samples 4
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -11,8 +11,9 @@
 #
 # Every component is built, whatever happened to the one before, and a table says which built (with
 # trtexec's median GPU compute time) and which failed (with the log's last error); the exit status is 1 if
-# any failed. On the original Nano (JetPack 4.6, TensorRT 8.2) the encoder is expected to fail: its bicubic
-# Resize needs TensorRT 8.5 or later.
+# any failed. The components are the service's (served_components, service/manifest.py): encoder, decoder and,
+# where the model has one, the step graph unet_step in place of the unet. The shipped encoder's bicubic is two
+# constant MatMuls, not a cubic Resize, so the original Nano's TensorRT 8.2 (JetPack 4.6) builds it too.
 #
 # Shapes: the dynamic batch axis runs from 1 to --max-batch, 8 by default, the server's: `xraysr serve`
 # gathers up to max_batch (8) samples into one engine batch, and a samples=8 request is a batch of 8
@@ -162,7 +163,11 @@ def shapes(inputs, batch):
     )
 
 
-for name, component in manifest["components"].items():
+components = manifest["components"]
+for name, component in components.items():
+    # As service/manifest.py's served_components: the TensorRT loop runs unet_step in place of unet.
+    if name == "unet" and "unet_step" in components:
+        continue
     # As service/runtimes/trt_build.py's component_precision: an int8 build is INT8 for the Q/DQ files only.
     built_at = effective
     if effective == "int8":

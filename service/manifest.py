@@ -22,6 +22,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 Precision = Literal["fp32", "fp16", "int8"]
 COMPONENTS = ("encoder", "unet", "decoder")
+ComponentName = Literal["encoder", "unet", "decoder", "unet_step"]
 # The most diffusion samples one request may average (``samples=K``): the pipeline runs them as one batch,
 # so this is also the largest batch TensorRT engines are built for. Eight keeps the worst request at 8× the
 # compute of one, and the standard error of the mean at a third of one sample's spread.
@@ -126,7 +127,7 @@ class Manifest(_Contract):
     )
     # unet_step (optional, `xraysr export` with step_graph): the UNet + one DDIM update, for runtimes that keep
     # the whole denoising loop on the GPU; see training/export.py's export_unet_step.
-    components: dict[Literal["encoder", "unet", "decoder", "unet_step"], Component]
+    components: dict[ComponentName, Component]
     image: ImageSpec
     latent: LatentSpec
     sampler: SamplerSpec
@@ -138,6 +139,16 @@ class Manifest(_Contract):
         if missing:
             raise ValueError(f"components {missing} are missing; a model needs {list(COMPONENTS)}")
         return self
+
+
+def served_components(manifest: Manifest, device_loop: bool) -> list[ComponentName]:
+    """The components a runtime loads. The host loop (ONNX Runtime) never runs unet_step; a runtime that keeps the
+    loop on the device (TensorRT) runs unet_step in place of unet when the model has one, so building or loading
+    both would only cost a Jetson minutes of build and megabytes of memory."""
+    names = list(manifest.components)
+    if "unet_step" not in names:
+        return names
+    return [name for name in names if name != ("unet" if device_loop else "unet_step")]
 
 
 class ManifestError(ValueError):

@@ -61,7 +61,8 @@ def tiny_engine_dir(tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactor
         }
     )
     checkpoint = train_sr(config, resume=None)
-    export_model(checkpoint, work / "engine", "tiny", version="tiny-test", steps=(2, 4, 50))
+    # Without the step graph: the model a host-loop runtime needs, and what older exports look like.
+    export_model(checkpoint, work / "engine", "tiny", version="tiny-test", steps=(2, 4, 50), step_graph=False)
     return work / "engine"
 
 
@@ -72,9 +73,9 @@ def tiny_checkpoint(tiny_engine_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_step_engine_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model exported again with the optional unet_step component (UNet + DDIM update)."""
+    """The tiny model exported again with export's defaults, which add the unet_step component (UNet + DDIM update)."""
     from xraysr.training.export import export_model
 
     engine = tmp_path_factory.mktemp("tiny_step_engine") / "engine"
-    export_model(tiny_checkpoint, engine, "tiny", version="tiny-test", steps=(2, 4, 50), step_graph=True)
+    export_model(tiny_checkpoint, engine, "tiny", version="tiny-test", steps=(2, 4, 50))
     return engine

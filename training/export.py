@@ -10,6 +10,7 @@ import datetime
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -23,12 +24,54 @@ from xraysr.service.manifest import (
     sha256_of,
     write_manifest,
 )
-from xraysr.training.diffusion import make_training_scheduler
+from xraysr.training.diffusion import ConditionEncoder, make_training_scheduler
 from xraysr.training.pipeline import SRPipeline
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
+
+
+# torch's bicubic kernel (Keys' cubic convolution): the same a as cv2.INTER_CUBIC and ONNX Resize's default.
+CUBIC_A = -0.75
+
+
+def bicubic_matrix(in_size: int, out_size: int) -> Tensor:
+    """The (out_size, in_size) matrix A with A @ x = F.interpolate(x, mode="bicubic", align_corners=False) along one
+    axis: half-pixel centres, Keys' kernel with a = -0.75, taps past the border clamped to the edge pixel.
+
+    Bicubic is separable, so a 2-D upsampling is A @ image @ A^T: two MatMuls every ONNX consumer runs, where a
+    cubic Resize is refused by TensorRT 8.2 (the original Jetson Nano's JetPack 4.6).
+    """
+    scale = in_size / out_size
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    for out_index in range(out_size):
+        # aten's area_pixel_compute_source_index for cubic: no clamp at 0, the taps are clamped instead.
+        source = scale * (out_index + 0.5) - 0.5
+        first = int(np.floor(source))
+        t = source - first
+        distances = (t + 1.0, t, 1.0 - t, 2.0 - t)
+        for tap, distance in enumerate(distances):
+            if distance <= 1.0:
+                weight = ((CUBIC_A + 2) * distance - (CUBIC_A + 3)) * distance * distance + 1
+            else:
+                weight = ((CUBIC_A * distance - 5 * CUBIC_A) * distance + 8 * CUBIC_A) * distance - 4 * CUBIC_A
+            matrix[out_index, min(max(first - 1 + tap, 0), in_size - 1)] += weight
+    return torch.from_numpy(matrix).float()
+
+
+class _Encoder(nn.Module):
+    """``ConditionEncoder`` with its bicubic upsampling as ``A @ lr_image @ A^T`` (constant A): no Resize node."""
+
+    def __init__(self, condition_encoder: ConditionEncoder, lr_size: int) -> None:
+        super().__init__()
+        self.vae = condition_encoder.vae
+        self.register_buffer("upsample", bicubic_matrix(lr_size, lr_size * condition_encoder.scale_factor))
+
+    def forward(self, lr_image: Tensor) -> Tensor:
+        # The clamp of diffusion.upsample_bicubic: bicubic overshoots [-1, 1] at edges.
+        upsampled = (self.upsample @ lr_image @ self.upsample.T).clamp(-1.0, 1.0)
+        return self.vae.encode(upsampled)
 
 
 class _Decoder(nn.Module):
@@ -139,7 +182,7 @@ def export_model(
     model_name: str,
     version: str | None = None,
     steps: tuple[int, int, int] = (10, 25, 50),
-    step_graph: bool = False,
+    step_graph: bool = True,
     default_samples: int = 1,
     final_timestep: int | None = None,
 ) -> Manifest:
@@ -147,8 +190,9 @@ def export_model(
     ``default_samples`` the diffusion samples a request averages when it names none (docs/RESULTS.md), and
     ``final_timestep`` where the loop stops (default: the run's ``diffusion.final_timestep``).
 
-    ``step_graph`` also exports ``unet_step.onnx`` (UNet + DDIM update, see ``export_unet_step``) as the
-    manifest's optional ``unet_step`` component: TensorRT then runs the whole loop on the GPU.
+    ``step_graph`` (default on) also exports ``unet_step.onnx`` (UNet + DDIM update, see ``export_unet_step``) as
+    the manifest's optional ``unet_step`` component: TensorRT then runs the whole loop on the GPU, while ONNX
+    Runtime keeps the host loop over ``unet.onnx``.
     """
     pipeline = SRPipeline.from_checkpoint(checkpoint)
     config = pipeline.config
@@ -160,8 +204,9 @@ def export_model(
     lr_latent = torch.zeros(1, latent_channels, latent_size, latent_size)
     timestep = torch.full((1,), 999.0)
     batch = {0: "batch"}
+    encoder = _Encoder(pipeline.condition_encoder, config.data.lr_size)
     signatures = {
-        "encoder": (pipeline.condition_encoder, (lr_image,), ["lr_image"], ["lr_latent"]),
+        "encoder": (encoder, (lr_image,), ["lr_image"], ["lr_latent"]),
         "unet": (
             pipeline.unet,
             (lr_latent, timestep, lr_latent),

@@ -12,7 +12,11 @@
    ``max_component_ssim_drop`` SSIM stays FP32 (the default model's SSIM margin over bicubic is only 0.002).
    For the UNet, the variant that keeps the stem conv, the head conv and the time-embedding Gemms in float
    competes with the fully quantized one; the better one on the calibration images ships.
-4. Score FP32, INT8 and bicubic on the test split and write the report.
+4. The step graph (``unet_step``: the UNet + one DDIM update, TensorRT's on-GPU loop), when the model has one,
+   is quantized with the UNet's plan: the same calibration steps (each with its alphas) and the same float
+   parts, so the loop a Jetson runs is the INT8 UNet that was measured.
+5. Score FP32, INT8 and bicubic on the test split and write the report; every component of manifest.int8.json
+   records its precision (int8 for a QDQ file, fp32 for one kept float).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -40,6 +45,7 @@ from PIL import Image
 
 from xraysr.service.manifest import COMPONENTS, Manifest, load_manifest, sha256_of, write_manifest
 from xraysr.service.pipeline import SRPipeline
+from xraysr.service.sampler import DDIMSampler
 from xraysr.training.data import read_splits
 from xraysr.training.metrics import bicubic_upscale, psnr, ssim
 
@@ -49,6 +55,7 @@ logger = logging.getLogger(__name__)
 # around them would only add rounding without saving time.
 QUANTIZED_OPS = ["Conv", "Gemm"]
 FLOAT_UNET_PARTS = ("stem", "head", "time_mlp")
+STEP_GRAPH = "unet_step"
 
 
 class RecordingRuntime:
@@ -126,6 +133,29 @@ def unet_float_nodes(model_path: Path) -> dict[str, list[str]]:
     }
 
 
+def step_graph_feeds(
+    sampler: DDIMSampler, manifest: Manifest, unet_feeds: list[dict[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """The UNet's calibration steps as step-graph inputs: the same (sample, timestep, lr_latent), plus the alphas
+    the pipeline hands a device loop at that timestep (``sampler.alphas``; its timesteps must be set)."""
+    # Positional: training/export.py's export_unet_step puts the UNet's three inputs first, then the two alphas.
+    sample, timestep, lr_latent, alpha_t, alpha_prev = (spec.name for spec in manifest.components[STEP_GRAPH].inputs)
+    noisy_latent, unet_timestep, unet_lr_latent = (spec.name for spec in manifest.components["unet"].inputs)
+    feeds = []
+    for feed in unet_feeds:
+        alphas = np.array([sampler.alphas(int(t)) for t in feed[unet_timestep]], dtype=np.float32)
+        feeds.append(
+            {
+                sample: feed[noisy_latent],
+                timestep: feed[unet_timestep],
+                lr_latent: feed[unet_lr_latent],
+                alpha_t: alphas[:, 0],
+                alpha_prev: alphas[:, 1],
+            }
+        )
+    return feeds
+
+
 def quantize_component(
     fp32_path: Path, out_path: Path, feeds: list[dict[str, np.ndarray]], nodes_to_exclude: list[str] | None = None
 ) -> None:
@@ -150,6 +180,44 @@ def quantize_component(
             # flush, and the augmented graph keeps only per-tensor min/max anyway.
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
+
+
+def quantize_step_graph(
+    fp32_path: Path,
+    out_path: Path,
+    feeds: list[dict[str, np.ndarray]],
+    float_parts: tuple[str, ...],
+    unet_int8: Path,
+    sampler: DDIMSampler,
+) -> dict:
+    """Quantizes the step graph with the UNet's plan and measures it twice: against the FP32 step graph, and
+    against what the host loop computes from the INT8 UNet (its prediction, then ``sampler.step``)."""
+    parts = unet_float_nodes(fp32_path)  # the DDIM update adds no Conv or Gemm: the same stem, head and time MLP
+    exclude = [node for part in float_parts for node in parts[part]]
+    logger.info("quantizing the step graph (%d float nodes)", len(exclude))
+    quantize_component(fp32_path, out_path, feeds, exclude)
+    return {
+        "float_nodes": exclude,
+        "output_vs_fp32": output_difference(fp32_path, out_path, feeds),
+        "max_abs_vs_int8_unet_host_update": host_update_difference(unet_int8, out_path, feeds, sampler),
+    }
+
+
+def host_update_difference(
+    unet_int8: Path, step_int8: Path, feeds: list[dict[str, np.ndarray]], sampler: DDIMSampler
+) -> float:
+    """Max |step graph - (UNet, then the numpy DDIM update)| over the feeds; ``sampler`` has its timesteps set."""
+    unet = ort.InferenceSession(str(unet_int8), providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(step_int8), providers=["CPUExecutionProvider"])
+    unet_names = [tensor.name for tensor in unet.get_inputs()]
+    largest = 0.0
+    for feed in feeds:
+        sample, timestep, lr_latent = (feed[spec.name] for spec in step.get_inputs()[:3])
+        (prediction,) = unet.run(None, dict(zip(unet_names, (sample, timestep, lr_latent), strict=True)))
+        (in_graph,) = step.run(None, feed)
+        on_host = sampler.step(prediction, int(timestep[0]), sample)
+        largest = max(largest, float(np.abs(in_graph - on_host).max()))
+    return largest
 
 
 def output_difference(fp32_path: Path, int8_path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -194,7 +262,7 @@ def quantize_engines(
     """Writes ``<component>.int8.onnx`` and manifest.int8.json into ``engines``, the report into ``out_dir``."""
     manifest = load_manifest(engines)
     steps = manifest.sampler.default_steps
-    fp32_files = {name: engines / manifest.components[name].path for name in COMPONENTS}
+    fp32_files = {name: engines / component.path for name, component in manifest.components.items()}
     calibration = load_pairs(calib_root, split, calib_images)
     logger.info("calibrating on %d %s images at %d steps", len(calibration), split, steps)
 
@@ -257,14 +325,38 @@ def quantize_engines(
                 int8_files[component] = stale_or_new
                 shutil.copyfile(candidate_files[variant], stale_or_new)
 
-    # 4. the shipped INT8 manifest: same contract, FP32 files where quantizing measured too costly
-    components = {
-        name: manifest.components[name].model_copy(
-            update={"path": int8_files[name].name, "sha256": sha256_of(int8_files[name])}
+    # 4. the step graph, quantized with the chosen UNet plan
+    step_graph = None
+    step_file = engines / f"{STEP_GRAPH}.int8.onnx"
+    if STEP_GRAPH in manifest.components:
+        sampler = DDIMSampler(manifest.sampler)
+        sampler.set_timesteps(steps)
+        step_graph = quantize_step_graph(
+            fp32_files[STEP_GRAPH],
+            step_file,
+            step_graph_feeds(sampler, manifest, feeds["unet"]),
+            FLOAT_UNET_PARTS if sensitivity[unet_variant]["float_nodes"] else (),
+            int8_files["unet"],
+            sampler,
         )
-        for name in COMPONENTS
+        int8_files[STEP_GRAPH] = step_file
+    else:
+        step_file.unlink(missing_ok=True)
+
+    # 5. the shipped INT8 manifest: same contract, FP32 files where quantizing measured too costly
+    precisions: dict[str, Literal["fp32", "int8"]] = {
+        name: "int8" if int8_files[name] != fp32_files[name] else "fp32" for name in manifest.components
     }
-    precisions = {name: "int8" if chosen[name] else "fp32" for name in COMPONENTS}
+    components = {
+        name: component.model_copy(
+            update={
+                "path": int8_files[name].name,
+                "sha256": sha256_of(int8_files[name]),
+                "precision": precisions[name],
+            }
+        )
+        for name, component in manifest.components.items()
+    }
     int8_manifest = Manifest.model_validate(
         {
             **manifest.model_dump(),
@@ -274,8 +366,8 @@ def quantize_engines(
                 **manifest.provenance,
                 "quantized_from": manifest.version,
                 "quantized_on": f"{datetime.date.today():%Y-%m-%d}",
-                "int8_components": ",".join(name for name in COMPONENTS if chosen[name]),
-                "fp32_components": ",".join(name for name in COMPONENTS if not chosen[name]) or "none",
+                "int8_components": ",".join(name for name, kind in precisions.items() if kind == "int8"),
+                "fp32_components": ",".join(name for name, kind in precisions.items() if kind == "fp32") or "none",
                 "unet_float_nodes": len(sensitivity[unet_variant]["float_nodes"]),
                 "calibration": f"{len(calibration)} {split} images of {calib_root.name}, {steps} steps",
             },
@@ -283,7 +375,7 @@ def quantize_engines(
     )
     write_manifest(int8_manifest, engines, "int8")
 
-    # 5. the test split: FP32 vs INT8 vs bicubic, all against HR
+    # 6. the test split: FP32 vs INT8 vs bicubic, all against HR
     test = load_pairs(calib_root, eval_split)
     fp32_images = upscale_all(SRPipeline(manifest, FileRuntime(manifest, fp32_files)), test, steps, seed)
     int8_images = upscale_all(SRPipeline(int8_manifest, FileRuntime(int8_manifest, int8_files)), test, steps, seed)
@@ -293,6 +385,7 @@ def quantize_engines(
         "unet_variant": unet_variant,
         "components": differences,
         "sensitivity": sensitivity,
+        "step_graph": step_graph,
         "test": {
             "split": eval_split,
             "images": len(test),
@@ -336,6 +429,16 @@ def report_markdown(report: dict) -> str:
             f"| {sensitivity['psnr']:.3f} | {sensitivity['drop_db']:+.3f} | {sensitivity['ssim']:.4f} "
             f"| {sensitivity['ssim_drop']:+.4f} |"
         )
+    step_graph = report["step_graph"]
+    if step_graph is not None:
+        difference = step_graph["output_vs_fp32"]
+        lines += [
+            "",
+            f"Step graph (unet_step, the UNet's plan: {len(step_graph['float_nodes'])} float nodes): output vs FP32 "
+            f"max abs {difference['max_abs']:.4g}, mean abs {difference['mean_abs']:.4g}, "
+            f"PSNR {difference['psnr_db']:.2f} dB; vs the INT8 UNet + host update, max abs "
+            f"{step_graph['max_abs_vs_int8_unet_host_update']:.3g}",
+        ]
     test = report["test"]
     lines += [
         "",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from xraysr.service.manifest import Manifest
+from xraysr.service.manifest import Manifest, served_components
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ class OnnxRuntime:
         options.inter_op_num_threads = 1
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._output_names: dict[str, str] = {}
-        for name, component in manifest.components.items():
+        for name in served_components(manifest, device_loop=False):
+            component = manifest.components[name]
             path = Path(model_dir) / component.path
             self._sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self._output_names[name] = component.outputs[0].name

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from xraysr.service.manifest import MAX_SAMPLES, Component, Manifest, Precision, load_manifest
+from xraysr.service.manifest import MAX_SAMPLES, Component, Manifest, Precision, load_manifest, served_components
 from xraysr.service.runtimes.atomic import write_atomically
 from xraysr.service.runtimes.trt_builder import build_engine
 
@@ -241,6 +241,7 @@ def engine_keys(
             max_batch=max_batch,
         )
         for name, component in manifest.components.items()
+        if name in served_components(manifest, device_loop=True)
     }
 
 
@@ -270,7 +271,8 @@ def build_all(
     reports: list[BuildReport] = []
     timing_cache = timing_cache_path(cache_dir, device)
     keys = engine_keys(manifest, device, effective, workspace_mib, max_batch)
-    for name, component in manifest.components.items():
+    for name in served_components(manifest, device_loop=True):
+        component = manifest.components[name]
         if only is not None and name not in only:
             continue
         key = keys[name]

@@ -75,39 +75,61 @@ def test_an_orin_builds_fp16_engines_with_the_manifests_input_shapes(board: Path
     result = _build(board, ORIN_COMPATIBLE, "--precision", "fp16", "--max-batch", "2")
     assert result.returncode == 0, result.stderr
     out = board / "out"
+    # As the service builds it (served_components): the step graph in place of the UNet, which is never built.
     assert _table(result.stdout) == [
-        [name, "fp16", "built", "1.25 ms", f"{out}/{name}-fp16.plan"] for name in ("encoder", "unet", "decoder")
+        [name, "fp16", "built", "1.25 ms", f"{out}/{name}-fp16.plan"] for name in ("encoder", "decoder", "unet_step")
     ]
+    assert len(_calls(board)) == 3 and not [call for call in _calls(board) if "/unet.onnx" in call]
     # One timing cache per TensorRT version (from trtexec's banner) and compute capability.
-    assert _calls(board)[1] == (
-        f"--onnx=engines/cxr-default/unet.onnx --saveEngine={out}/unet-fp16.plan --fp16 "
+    step_shapes = "sample:{0}x16x64x64,timestep:{0},lr_latent:{0}x16x64x64,alpha_t:{0},alpha_prev:{0}"
+    assert _calls(board)[2] == (
+        f"--onnx=engines/cxr-default/unet_step.onnx --saveEngine={out}/unet_step-fp16.plan --fp16 "
         f"--memPoolSize=workspace:1024 --timingCacheFile={out}/timing-trt100300-sm87.cache "
-        "--minShapes=noisy_latent:1x16x64x64,timestep:1,lr_latent:1x16x64x64 "
-        "--optShapes=noisy_latent:1x16x64x64,timestep:1,lr_latent:1x16x64x64 "
-        "--maxShapes=noisy_latent:2x16x64x64,timestep:2,lr_latent:2x16x64x64"
+        f"--minShapes={step_shapes.format(1)} --optShapes={step_shapes.format(1)} --maxShapes={step_shapes.format(2)}"
     )
-    assert "PASSED" in (out / "unet-fp16.log").read_text()
+    assert "PASSED" in (out / "unet_step-fp16.log").read_text()
 
 
 def test_the_default_batch_range_is_the_servers(board: Path) -> None:
     """`xraysr serve` batches up to MAX_SAMPLES samples, tuned at one (the service's optimisation profile)."""
     result = _build(board, ORIN_COMPATIBLE, "--precision", "fp32")
     assert result.returncode == 0, result.stderr
-    decoder = _calls(board)[2]
+    decoder = _calls(board)[1]
+    assert decoder.startswith("--onnx=engines/cxr-default/decoder.onnx ")
     shapes = f"--minShapes=hr_latent:1x16x64x64 --optShapes=hr_latent:1x16x64x64 --maxShapes=hr_latent:{MAX_SAMPLES}x16"
     assert shapes in decoder
     assert "--fp16" not in decoder and "--int8" not in decoder
     result = _build(board, ORIN_COMPATIBLE, "--precision", "fp32", "--opt-batch", "4")
-    assert "--optShapes=hr_latent:4x16x64x64 " in _calls(board)[-1]
+    assert "--optShapes=hr_latent:4x16x64x64 " in [call for call in _calls(board) if "/decoder.onnx " in call][-1]
     result = _build(board, ORIN_COMPATIBLE, "--opt-batch", "9")
     assert result.returncode == 1 and "--opt-batch must be between 1 and --max-batch (8), got 9" in result.stderr
 
 
 def test_int8_builds_only_the_quantized_components_with_int8_and_the_rest_at_fp32(board: Path) -> None:
-    """As the service does (trt_build.component_precision): INT8 for the files the manifest marks int8."""
+    """As the service does (trt_build.component_precision): INT8 for the files the manifest marks int8. The shipped
+    manifest.int8.json marks unet and unet_step int8; the device loop builds unet_step only."""
+    result = _build(board, ORIN_COMPATIBLE)  # the defaults: cxr-default at int8
+    assert result.returncode == 0, result.stderr
+    model_dir = "engines/cxr-default"
+    encoder, decoder, unet_step = _calls(board)
+    assert encoder.startswith(f"--onnx={model_dir}/encoder.onnx --saveEngine={board}/out/encoder-fp32.plan --memPool")
+    assert decoder.startswith(f"--onnx={model_dir}/decoder.onnx --saveEngine={board}/out/decoder-fp32.plan --memPool")
+    assert unet_step.startswith(
+        f"--onnx={model_dir}/unet_step.int8.onnx --saveEngine={board}/out/unet_step-int8.plan --int8 --fp16 "
+    )
+    assert [row[:3] for row in _table(result.stdout)] == [
+        ["encoder", "fp32", "built"],
+        ["decoder", "fp32", "built"],
+        ["unet_step", "int8", "built"],
+    ]
+
+
+def test_a_model_without_a_step_graph_builds_its_unet(board: Path) -> None:
+    """An export without unet_step (`xraysr export` with step_graph off, or from before it): the UNet is built."""
     model_dir = board / "engines" / "cxr-q"
     model_dir.mkdir(parents=True)
     manifest = json.loads((REPO / "engines" / "cxr-default" / "manifest.json").read_text())
+    del manifest["components"]["unet_step"]
     manifest["components"]["unet"]["path"] = "unet.int8.onnx"
     manifest["components"]["unet"]["precision"] = "int8"
     (model_dir / "manifest.int8.json").write_text(json.dumps(manifest))
@@ -180,7 +202,8 @@ def test_an_unknown_board_asks_for_the_capability(board: Path) -> None:
 
 
 def test_a_failed_component_is_reported_and_the_others_still_build(board: Path) -> None:
-    """The original Nano's TensorRT 8.2 cannot import the encoder's bicubic Resize; unet and decoder still build."""
+    """A component trtexec cannot build is reported with the log's last error, and the others still build: here an
+    encoder with a cubic Resize on TensorRT 8.2 (the shipped encoder's bicubic was one until it became MatMuls)."""
     _executable(
         board / "bin" / "trtexec",
         '[ "$1" = --help ] && exit 0\n'
@@ -201,8 +224,8 @@ def test_a_failed_component_is_reported_and_the_others_still_build(board: Path) 
             f"{out}/encoder-fp16.log: [E] [TRT] ModelImporter.cpp:3442: This version of TensorRT does not support"
             " cubic interpolation!",
         ],
-        ["unet", "fp16", "built", "-", f"{out}/unet-fp16.plan"],
         ["decoder", "fp16", "built", "-", f"{out}/decoder-fp16.plan"],
+        ["unet_step", "fp16", "built", "-", f"{out}/unet_step-fp16.plan"],
     ]
     assert "trtexec failed on encoder.onnx" in result.stderr and "not every component built" in result.stderr
 

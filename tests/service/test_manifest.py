@@ -10,12 +10,16 @@ import pytest
 
 from xraysr.service.manifest import (
     ManifestError,
+    Precision,
     load_manifest,
     manifest_name,
     read_manifest,
+    served_components,
     sha256_of,
     write_manifest,
 )
+
+SHIPPED = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
 
 
 @pytest.fixture()
@@ -122,7 +126,21 @@ def test_a_manifest_written_before_samples_and_final_timestep_still_loads(engine
 
 
 def test_the_shipped_manifests_carry_the_chosen_sampling_and_verify() -> None:
-    shipped = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
     for precision in ("fp32", "int8"):
-        sampler = load_manifest(shipped, precision).sampler  # checksums included
+        sampler = load_manifest(SHIPPED, precision).sampler  # checksums included
         assert (sampler.default_samples, sampler.final_timestep, sampler.timestep_spacing) == (4, 400, "floored")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_host_loop_serves_the_unet_and_the_device_loop_the_step_graph(precision: Precision) -> None:
+    manifest = read_manifest(SHIPPED, precision)
+    assert list(manifest.components) == ["encoder", "unet", "decoder", "unet_step"]
+    assert served_components(manifest, device_loop=False) == ["encoder", "unet", "decoder"]
+    assert served_components(manifest, device_loop=True) == ["encoder", "decoder", "unet_step"]
+
+
+def test_a_model_without_a_step_graph_serves_its_three_components_either_way(engine_copy: Path) -> None:
+    manifest = read_manifest(engine_copy)  # the tiny export without step_graph
+    assert list(manifest.components) == ["encoder", "unet", "decoder"]
+    for device_loop in (False, True):
+        assert served_components(manifest, device_loop) == ["encoder", "unet", "decoder"]

@@ -11,6 +11,7 @@ from xraysr.service.api.upscale import server_timing
 from xraysr.service.manifest import Manifest, load_manifest
 from xraysr.service.pipeline import SRPipeline, to_pixels
 from xraysr.service.runtimes import load_runtime
+from xraysr.service.runtimes.onnxruntime import OnnxRuntime
 from xraysr.service.sampler import SEED_MAX
 
 
@@ -128,3 +129,17 @@ def test_samples_outside_1_to_8_are_refused(recording: tuple[Manifest, _Recordin
     with pytest.raises(ValueError, match="samples must be between 1 and 8, got 0"):
         pipeline.upscale_seeds(LR, steps=3, seeds=[])
     assert runtime.calls == []  # refused before any inference
+
+
+def test_a_model_with_a_step_graph_runs_its_host_loop_through_the_unet(tiny_step_engine_dir: Path) -> None:
+    """ONNX Runtime loops on the host over unet.onnx: it never opens a session for unet_step (TensorRT's)."""
+    manifest = load_manifest(tiny_step_engine_dir)
+    assert "unet_step" in manifest.components
+    onnx = OnnxRuntime(manifest, tiny_step_engine_dir, threads=1)
+    assert sorted(onnx._sessions) == ["decoder", "encoder", "unet"]
+    with pytest.raises(KeyError, match="unet_step"):
+        onnx.run("unet_step", {})
+    runtime = _RecordingRuntime(onnx)
+    result = SRPipeline(manifest, runtime).upscale(LR, steps=3, seed=1)
+    assert [component for component, _ in runtime.calls] == ["encoder", "unet", "unet", "unet", "decoder"]
+    assert result.image.shape == (256, 256)

@@ -38,6 +38,8 @@ needs_tensorrt = pytest.mark.skipif(
     not TRT_AVAILABLE, reason="TensorRT and pycuda are not installed (they need a GPU driver and NVIDIA's index)"
 )
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
+# What TensorRT builds of the default model: its device loop runs unet_step (UNet + DDIM update) in place of unet.
+DEVICE_LOOP_COMPONENTS = ("encoder", "decoder", "unet_step")
 ORIN = Device(name="Orin", compute_capability="8.7", tensorrt_version="10.3.0", sm_count=8)
 NANO = Device(name="NVIDIA Tegra X1", compute_capability="5.3", tensorrt_version="8.2.1", sm_count=1)
 
@@ -219,13 +221,14 @@ def test_build_all_keys_each_component_by_its_onnx_checksum(
 
     monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fake_build)
     engines, reports = build_all(DEFAULT_MODEL, tmp_path, "fp16", ORIN, workspace_mib=256)
-    assert engines == {name: f"{name}.onnx".encode() for name in ("encoder", "unet", "decoder")}
+    assert engines == {name: f"{name}.onnx".encode() for name in DEVICE_LOOP_COMPONENTS}
     # The default max batch is MAX_SAMPLES, the same as the runtime's: serve loads what build-engines built.
-    assert built == [(f"{name}.onnx", "fp16", MAX_SAMPLES, 256) for name in ("encoder", "unet", "decoder")]
+    # unet.onnx is never built: the device loop has no use for it.
+    assert built == [(f"{name}.onnx", "fp16", MAX_SAMPLES, 256) for name in DEVICE_LOOP_COMPONENTS]
     assert [(report.component, report.action) for report in reports] == [
         ("encoder", "built"),
-        ("unet", "built"),
         ("decoder", "built"),
+        ("unet_step", "built"),
     ]
     for report in reports:
         recorded = json.loads(sidecar_path(report.plan).read_text())
@@ -262,7 +265,7 @@ def test_int8_builds_the_quantized_files_on_an_orin_and_fp16_from_fp32_on_a_nano
     # INT8 only for the Q/DQ file; the encoder and decoder at the FP32 that `xraysr quantize` measured.
     assert [(report.component, report.precision) for report in orin] == [
         ("encoder", "fp32"),
-        ("unet", "int8"),
+        ("unet", "int8"),  # this model has no unet_step: the device loop's runtime runs unet from the host
         ("decoder", "fp32"),
     ]
     assert built[:3] == [("encoder.onnx", "fp32"), ("unet.int8.onnx", "int8"), ("decoder.onnx", "fp32")]
@@ -274,6 +277,26 @@ def test_int8_builds_the_quantized_files_on_an_orin_and_fp16_from_fp32_on_a_nano
     assert [report.precision for report in nano] == ["fp16"] * 3
     assert "--precision int8 builds FP16" in caplog.text
     assert all(report.plan.name.startswith(f"{report.component}-fp16-") for report in nano)
+
+
+def test_the_shipped_int8_model_builds_its_step_graph_at_int8_and_the_rest_at_fp32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[tuple[str, str]] = []
+
+    def fake_build(onnx_path: Path, precision: str, *_: object) -> bytes:
+        built.append((onnx_path.name, precision))
+        return b"plan"
+
+    monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fake_build)
+    _, reports = build_all(DEFAULT_MODEL, tmp_path, "int8", ORIN)
+    # manifest.int8.json marks unet and unet_step int8; only unet_step is built, at INT8 from its Q/DQ file.
+    assert built == [("encoder.onnx", "fp32"), ("decoder.onnx", "fp32"), ("unet_step.int8.onnx", "int8")]
+    assert [(report.component, report.precision, report.action) for report in reports] == [
+        ("encoder", "fp32", "built"),
+        ("decoder", "fp32", "built"),
+        ("unet_step", "int8", "built"),
+    ]
 
 
 def test_int8_without_a_quantized_model_and_a_zero_batch_are_refused(tmp_path: Path) -> None:
@@ -327,8 +350,8 @@ def test_build_engines_builds_then_loads(
     assert first[0] == "Fake Orin (compute capability 8.7), TensorRT 10.3.0"
     assert [line.split(":")[0] for line in first[1:]] == [
         "built encoder (fp16)",
-        "built unet (fp16)",
         "built decoder (fp16)",
+        "built unet_step (fp16)",
     ]
     assert main(argv) == 0
     assert [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["loaded"] * 3
@@ -363,8 +386,9 @@ def test_the_denoising_loop_stays_on_the_device(
         reference = SRPipeline(manifest, OnnxRuntime(manifest, tiny_step_engine_dir, threads=1))
         expected = reference.upscale(lr, steps=steps, seed=3)
         assert np.abs(actual.image.astype(int) - expected.image.astype(int)).max() <= 1
-    step_engine = runtime._engines["unet_step"]  # type: ignore[attr-defined]
-    assert step_engine.context.runs == 9 and runtime._engines["unet"].context.runs == 0  # type: ignore[attr-defined]
+    engines = runtime._engines  # type: ignore[attr-defined]
+    assert sorted(engines) == ["decoder", "encoder", "unet_step"]  # no unet engine: nothing would run it
+    assert engines["unet_step"].context.runs == 9
     assert "denoise" in runtime.last_gpu_seconds  # type: ignore[attr-defined]
 
 

@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from xraysr.service.manifest import read_manifest, write_manifest
+from xraysr.service.manifest import load_manifest, read_manifest, sha256_of, write_manifest
 from xraysr.service.runtimes.trt_build import Device, EngineBuildError, build_all, sidecar_path, timing_cache_path
 from xraysr.service.runtimes.trt_builder import build_engine
 from xraysr.service.runtimes.trt_precision import SCHEDULE_INPUTS, PinnedLayers
@@ -191,38 +191,103 @@ def test_an_unusable_timing_cache_is_discarded_and_rebuilt(
 # --- one report per component -----------------------------------------------------------------------------------
 
 
+def _cubic_encoder() -> onnx.ModelProto:
+    """An encoder with the manifest's signature whose first node is a cubic Resize (the shipped encoder's bicubic
+    before it became two constant MatMuls), which TensorRT's ONNX parser refuses below 8.5."""
+    from onnx import TensorProto, helper
+
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, 1.0, 1.0])
+    weight = helper.make_tensor("weight", TensorProto.FLOAT, [16, 1, 1, 1], [1.0] * 16)
+    nodes = [
+        helper.make_node("Resize", ["lr_image", "", "scales"], ["resized"], name="/resize/Resize", mode="cubic"),
+        helper.make_node("Conv", ["resized", "weight"], ["lr_latent"], name="/proj/Conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cubic_encoder",
+        [helper.make_tensor_value_info("lr_image", TensorProto.FLOAT, ["batch", 1, 64, 64])],
+        [helper.make_tensor_value_info("lr_latent", TensorProto.FLOAT, ["batch", 16, 64, 64])],
+        [scales, weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.fixture
+def cubic_encoder_model(tmp_path: Path) -> Path:
+    """The default model with its encoder.onnx replaced by ``_cubic_encoder()`` and manifest.json's checksum for it
+    rewritten: an fp32 model whose encoder, alone of its components, TensorRT < 8.5 cannot parse."""
+    model_dir = tmp_path / "cubic" / "cxr-cubic"
+    model_dir.mkdir(parents=True)
+    for file in DEFAULT_MODEL.glob("*.onnx"):
+        if file.name != "encoder.onnx":
+            (model_dir / file.name).symlink_to(file)
+    onnx.save(_cubic_encoder(), model_dir / "encoder.onnx")
+    shipped = read_manifest(DEFAULT_MODEL)
+    components = dict(shipped.components)
+    components["encoder"] = components["encoder"].model_copy(update={"sha256": sha256_of(model_dir / "encoder.onnx")})
+    write_manifest(shipped.model_copy(update={"components": components}), model_dir)
+    load_manifest(model_dir)  # every checksum verifies: a failure below is TensorRT's, not the manifest's
+    return model_dir
+
+
 @pytest.mark.parametrize("fakes", ["8.4.3"], indirect=True)
 def test_a_component_that_fails_is_reported_and_the_others_still_build(
-    fakes: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fakes: ModuleType, cubic_encoder_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # TensorRT < 8.5 (the original Nano's 8.2) has no cubic Resize, which the encoder graph uses.
+    # TensorRT < 8.5 (the original Nano's 8.2) has no cubic Resize, which this model's encoder graph uses.
     with caplog.at_level(logging.INFO), pytest.raises(EngineBuildError) as raised:
-        build_all(DEFAULT_MODEL, tmp_path, "fp16", fake_device("8.4.3"), 64, 1)
+        build_all(cubic_encoder_model, tmp_path / "cache", "fp16", fake_device("8.4.3"), 64, 1)
     reports = {report.component: report for report in raised.value.reports}
+    # The device loop's components: unet_step in place of unet.
     assert [(name, report.action) for name, report in reports.items()] == [
         ("encoder", "failed"),
-        ("unet", "built"),
         ("decoder", "built"),
+        ("unet_step", "built"),
     ]
     assert "does not support cubic interpolation" in str(reports["encoder"].error)
     assert str(raised.value).startswith("1 of 3 TensorRT engines failed to build: encoder (fp16): TensorRT cannot")
-    assert reports["unet"].plan.is_file() and reports["decoder"].plan.is_file()
+    assert reports["unet_step"].plan.is_file() and reports["decoder"].plan.is_file()
     assert not reports["encoder"].plan.exists()
     assert "failed encoder engine (fp16) from encoder.onnx" in caplog.text
 
 
 @pytest.mark.parametrize("fakes", ["8.4.3"], indirect=True)
 def test_build_engines_prints_every_component_then_fails(
-    fakes: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fakes: ModuleType, cubic_encoder_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from xraysr.service.cli import main
 
-    argv = ["build-engines", "--engines-dir", str(DEFAULT_MODEL.parent), "--model", DEFAULT_MODEL.name]
-    assert main([*argv, "--precision", "fp16", "--cache-dir", str(tmp_path), "--max-batch", "1"]) == 2
+    argv = ["build-engines", "--engines-dir", str(cubic_encoder_model.parent), "--model", cubic_encoder_model.name]
+    assert main([*argv, "--precision", "fp16", "--cache-dir", str(tmp_path / "cache"), "--max-batch", "1"]) == 2
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0] == "Fake Orin (compute capability 8.7), TensorRT 8.4.3"
     assert lines[1].startswith("failed encoder (fp16): TensorRT cannot parse encoder.onnx: ")
     assert "does not support cubic interpolation" in lines[1]
-    assert [line.split(":")[0] for line in lines[2:]] == ["built unet (fp16)", "built decoder (fp16)"]
+    assert [line.split(":")[0] for line in lines[2:]] == ["built decoder (fp16)", "built unet_step (fp16)"]
     assert captured.err.startswith("xraysr build-engines: error: 1 of 3 TensorRT engines failed to build: ")
+
+
+@pytest.mark.parametrize("fakes", ["8.4.3"], indirect=True)
+def test_the_shipped_encoder_builds_on_tensorrt_before_8_5(fakes: ModuleType, tmp_path: Path) -> None:
+    """The shipped encoder's bicubic is two constant MatMuls, not a cubic Resize: TensorRT 8.2/8.4 (the original
+    Nano's JetPack 4.6) builds every component of the default model."""
+    assert not [node for node in onnx.load(DEFAULT_MODEL / "encoder.onnx").graph.node if node.op_type == "Resize"]
+    _, reports = build_all(DEFAULT_MODEL, tmp_path, "fp16", fake_device("8.4.3"), 64, 1)
+    assert [(report.component, report.action) for report in reports] == [
+        ("encoder", "built"),
+        ("decoder", "built"),
+        ("unet_step", "built"),
+    ]
+    header = plan_header(fakes, reports[0].plan)
+    assert header["precision"] == "fp16"
+    # The engine is the shipped encoder's graph at FP16: ONNX Runtime's FP32 result of encoder.onnx, to FP16's
+    # ~3 significant digits (measured: 8e-4 at most, on latents within ±1).
+    _, model = fakes.read_plan(reports[0].plan.read_bytes())
+    lr = np.random.default_rng(0).uniform(-1, 1, (1, 1, 64, 64)).astype(np.float32)
+    (engine,) = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"lr_image": lr})
+    session = ort.InferenceSession(str(DEFAULT_MODEL / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    (reference,) = session.run(None, {"lr_image": lr})
+    np.testing.assert_allclose(engine, reference, atol=3e-3)

@@ -35,7 +35,8 @@ def test_the_step_graph_is_an_optional_manifest_component(step_engine_dir: Path,
     assert list(manifest.components) == ["encoder", "unet", "decoder", "unet_step"]
     assert [spec.name for spec in manifest.components["unet_step"].inputs] == UNET_STEP_INPUTS
     assert manifest.components["unet_step"].outputs[0].shape == manifest.components["unet"].outputs[0].shape
-    assert "unet_step" not in load_manifest(tiny_engine_dir).components  # off by default
+    # tiny_step_engine_dir is export's default; tiny_engine_dir was exported with step_graph=False.
+    assert "unet_step" not in load_manifest(tiny_engine_dir).components
     without_unet = {name: component for name, component in manifest.components.items() if name != "unet"}
     with pytest.raises(ValueError, match=r"components \['unet'\] are missing"):
         Manifest.model_validate({**manifest.model_dump(), "components": without_unet})
@@ -120,3 +121,15 @@ def test_the_pipeline_takes_the_step_graph_loop_and_gives_the_same_image(step_en
     assert calls == ["encoder"] + ["unet_step"] * 4 + ["decoder"]
     on_host = SRPipeline(manifest, OnnxRuntime(manifest, step_engine_dir, threads=1)).upscale(lr, steps=4, seed=5)
     assert np.abs(on_device.image.astype(int) - on_host.image.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(("flag", "has_step_graph"), [([], True), (["--no-step-graph"], False)])
+def test_xraysr_export_writes_the_step_graph_unless_told_not_to(
+    tiny_checkpoint: Path, tmp_path: Path, flag: list[str], has_step_graph: bool
+) -> None:
+    from xraysr.service.cli import main
+
+    out = tmp_path / "tiny"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), *flag]) == 0
+    assert ("unet_step" in load_manifest(out).components) == has_step_graph
+    assert (out / "unet_step.onnx").is_file() == has_step_graph

@@ -1,4 +1,5 @@
-"""training/quantize.py: symmetric INT8 QDQ files, manifest.int8.json the service loads, float exclusions, report."""
+"""training/quantize.py: symmetric INT8 QDQ files, manifest.int8.json the service loads, float exclusions, the step
+graph quantized with the UNet's plan, each component's precision, report."""
 
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ from onnx import numpy_helper
 from xraysr.service.engine import load_pipeline
 from xraysr.service.manifest import load_manifest, sha256_of
 from xraysr.service.settings import Settings
-from xraysr.training.quantize import quantize_component, quantize_engines, unet_float_nodes
+from xraysr.training.quantize import FLOAT_UNET_PARTS, quantize_component, quantize_engines, unet_float_nodes
 
 
 @pytest.fixture(scope="module")
 def quantized(
-    tiny_engine_dir: Path, tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_step_engine_dir: Path, tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, dict]:
-    """A copy of the tiny engine (never the shared fixture) quantized on its 4 train images."""
+    """A copy of the tiny engine as export writes it by default (with unet_step; never the shared fixture itself)
+    quantized on its 4 train images."""
     engines = tmp_path_factory.mktemp("quantized") / "tiny"
-    shutil.copytree(tiny_engine_dir, engines)
+    shutil.copytree(tiny_step_engine_dir, engines)
     report = quantize_engines(engines, tiny_cxr_root, engines.parent / "report", calib_images=4)
     return engines, report
 
@@ -72,7 +74,9 @@ def test_the_int8_manifest_verifies_and_the_service_serves_it(quantized: tuple[P
 
 def test_the_report_has_components_sensitivity_and_test_scores(quantized: tuple[Path, dict]) -> None:
     engines, report = quantized
-    assert set(report) == {"precision", "unet_variant", "components", "sensitivity", "test", "files", "settings"}
+    assert set(report) == {
+        "precision", "unet_variant", "components", "sensitivity", "step_graph", "test", "files", "settings"
+    }
     variants = {"encoder", "decoder", "unet", "unet_float_stem_head_time_mlp"}
     assert set(report["components"]) == variants
     assert set(report["sensitivity"]) == variants | {"fp32"}
@@ -83,7 +87,8 @@ def test_the_report_has_components_sensitivity_and_test_scores(quantized: tuple[
     assert set(report["test"]["int8"]) == {"psnr", "ssim"}
     assert report["settings"]["calib_images"] == 4
     assert (engines.parent / "report" / "quantize_report.json").is_file()
-    assert (engines.parent / "report" / "quantize_report.md").read_text().startswith("## INT8 quantization")
+    markdown = (engines.parent / "report" / "quantize_report.md").read_text()
+    assert markdown.startswith("## INT8 quantization") and "Step graph (unet_step, the UNet's plan" in markdown
 
 
 def test_excluded_unet_nodes_stay_float(tiny_engine_dir: Path, tmp_path: Path) -> None:
@@ -108,3 +113,70 @@ def test_excluded_unet_nodes_stay_float(tiny_engine_dir: Path, tmp_path: Path) -
         assert not set(by_name[name].input) & dequantized, f"{name} should read float tensors"
     convs = [node for node in nodes if node.op_type == "Conv" and node.name not in excluded]
     assert convs and all(set(node.input[:2]) <= dequantized for node in convs)
+
+
+def _qdq_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(the Conv/Gemm nodes that read a DequantizeLinear output, those that read float only), in graph order."""
+    dequantized = {output for node in model.graph.node if node.op_type == "DequantizeLinear" for output in node.output}
+    arithmetic = [node for node in model.graph.node if node.op_type in ("Conv", "Gemm")]
+    return (
+        [node.name for node in arithmetic if set(node.input[:2]) & dequantized],
+        [node.name for node in arithmetic if not set(node.input[:2]) & dequantized],
+    )
+
+
+def _activation_scales(model: onnx.ModelProto) -> list[float]:
+    """The scales of the QuantizeLinear nodes (activations; weights are stored already quantized)."""
+    initializers = _initializers(model)
+    return sorted(float(initializers[node.input[1]]) for node in model.graph.node if node.op_type == "QuantizeLinear")
+
+
+def test_the_step_graph_is_quantized_with_the_unets_plan(quantized: tuple[Path, dict]) -> None:
+    engines, report = quantized
+    manifest = load_manifest(engines, "int8")
+    assert list(manifest.components) == ["encoder", "unet", "decoder", "unet_step"]
+    assert manifest.components["unet_step"].path == "unet_step.int8.onnx"
+    assert report["precision"]["unet_step"] == "int8"
+
+    unet = onnx.load(str(engines / "unet.int8.onnx"))
+    step = onnx.load(str(engines / "unet_step.int8.onnx"))
+    unet_quantized, unet_float = _qdq_nodes(unet)
+    step_quantized, step_float = _qdq_nodes(step)
+    # The same Conv/Gemm nodes kept float (the step graph's names carry the /unet prefix of its wrapper).
+    assert (len(step_quantized), len(step_float)) == (len(unet_quantized), len(unet_float))
+    assert len(unet_float) == len(report["sensitivity"][report["unet_variant"]]["float_nodes"])
+    parts = unet_float_nodes(engines / "unet_step.onnx")
+    expected_float = [node for part in FLOAT_UNET_PARTS for node in parts[part]] if unet_float else []
+    assert sorted(step_float) == sorted(expected_float) and report["step_graph"]["float_nodes"] == expected_float
+    # The same calibration steps give the same activation ranges, so the same INT8 scales.
+    np.testing.assert_allclose(_activation_scales(step), _activation_scales(unet), rtol=1e-5)
+    # And it computes what the host loop does from the INT8 UNet, up to float rounding in the update.
+    assert report["step_graph"]["max_abs_vs_int8_unet_host_update"] < 1e-3
+    assert report["step_graph"]["output_vs_fp32"]["psnr_db"] > 20
+
+
+def test_each_component_records_its_precision(quantized: tuple[Path, dict]) -> None:
+    engines, report = quantized
+    assert {component.precision for component in load_manifest(engines).components.values()} == {"fp32"}
+    manifest = load_manifest(engines, "int8")
+    for name, component in manifest.components.items():
+        ops = {node.op_type for node in onnx.load(str(engines / component.path)).graph.node}
+        assert component.precision == ("int8" if "QuantizeLinear" in ops else "fp32"), name
+        assert component.precision == report["precision"][name]
+    kinds = {component.precision for component in manifest.components.values()}
+    assert manifest.provenance["int8_components"] == ",".join(
+        name for name, component in manifest.components.items() if component.precision == "int8"
+    )
+    assert "int8" in kinds
+
+
+def test_a_model_without_a_step_graph_quantizes_without_one(
+    tiny_engine_dir: Path, tiny_cxr_root: Path, tmp_path: Path
+) -> None:
+    engines = tmp_path / "tiny"
+    shutil.copytree(tiny_engine_dir, engines)
+    (engines / "unet_step.int8.onnx").write_bytes(b"an earlier run's file")
+    report = quantize_engines(engines, tiny_cxr_root, tmp_path / "report", calib_images=1)
+    assert report["step_graph"] is None and "unet_step" not in report["precision"]
+    assert "unet_step" not in load_manifest(engines, "int8").components
+    assert not (engines / "unet_step.int8.onnx").exists()
