@@ -16,7 +16,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from xraysr.service import __version__
-from xraysr.service.api import metrics, probes, upscale
+from xraysr.service.api import metrics, probes, shrink, ui, upscale
 from xraysr.service.api.docs import add_offline_docs
 from xraysr.service.api.errors import add_error_handlers
 from xraysr.service.batching import Batcher
@@ -71,8 +71,13 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
             else:
                 tasks.start_soon(batcher.run)
             yield
-            app.state.pipeline = None
+            pipeline, app.state.pipeline = app.state.pipeline, None
             tasks.cancel_scope.cancel()
+        # The batcher has stopped and no batch is running: a GPU runtime (TensorRT) frees its engines and
+        # buffers now, with its CUDA context current, rather than at interpreter exit with none.
+        close = getattr(getattr(pipeline, "runtime", None), "close", None)
+        if close is not None:
+            close()
         if tegrastats is not None:
             tegrastats.stop()
 
@@ -86,14 +91,16 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
     )
     app.state.settings, app.state.metrics, app.state.pipeline = settings, ServiceMetrics(), None
     app.state.lifecycle, app.state.admission, app.state.batcher = Lifecycle(), None, None
-    for module in (upscale, probes, metrics):
+    for module in (upscale, shrink, probes, metrics, ui):
         app.include_router(module.router)
     add_error_handlers(app)
     add_offline_docs(app)
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=app.state.metrics,
-        endpoints=frozenset(route.path for module in (upscale, probes, metrics) for route in module.router.routes),
+        endpoints=frozenset(
+            route.path for module in (upscale, shrink, probes, metrics) for route in module.router.routes
+        ),
         inflight=upscale.ENDPOINT,
     )
     return app

@@ -100,7 +100,9 @@ def _upscale(args: argparse.Namespace) -> int:
     failed = 0
     for source_path, output_path in tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1):
         try:
-            result, milliseconds = _upscale_file(pipeline, source_path, output_path, steps, args.seed, samples)
+            result, milliseconds = _upscale_file(
+                pipeline, source_path, output_path, steps, args.seed, samples, settings.dicom_uid_root
+            )
             if args.uncertainty is not None:
                 _write_uncertainty(result, args.uncertainty)
         except (ValueError, OSError) as error:
@@ -138,22 +140,66 @@ def _write_uncertainty(result: UpscaleResult, path: Path) -> None:
 
 
 def _upscale_file(
-    pipeline: SRPipeline, source: Path, output: Path, steps: int, seed: int, samples: int
+    pipeline: SRPipeline, source: Path, output: Path, steps: int, seed: int, samples: int, uid_root: str | None
 ) -> tuple[UpscaleResult, float]:
+    """Writes a PNG, or for a .dcm ``output`` a DICOM Secondary Capture (service/dicom_out.py) of a DICOM input."""
+    from xraysr.service.dicom_out import read_source, secondary_capture
     from xraysr.service.imaging import ImageError, decode_image, encode_png
     from xraysr.service.provenance import provenance
 
     started = time.perf_counter()
+    data = source.read_bytes()
+    as_dicom = output.suffix.lower() == ".dcm"
     try:
         decoded = decode_image(
-            source.read_bytes(), INPUT_TYPES.get(source.suffix.lower()), expected_size=pipeline.manifest.image.lr_size
+            data, INPUT_TYPES.get(source.suffix.lower()), expected_size=pipeline.manifest.image.lr_size
         )
+        if as_dicom and decoded.source_format != "dicom":
+            raise ValueError(
+                f"{output.name}: a DICOM output needs a DICOM input (its patient and study tags are what the answer "
+                "is filed under); write a .png instead"
+            )
+        dicom_source = read_source(data) if as_dicom else None  # checked before the model runs
     except ImageError as error:
         raise ValueError(error.message) from error
     result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed, samples=samples)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(encode_png(result.image, provenance(pipeline.manifest, result)))
+    if dicom_source is not None:
+        output.write_bytes(secondary_capture(dicom_source, result, pipeline.manifest, uid_root))
+    else:
+        output.write_bytes(encode_png(result.image, provenance(pipeline.manifest, result)))
     return result, 1000 * (time.perf_counter() - started)
+
+
+def _shrink(args: argparse.Namespace) -> int:
+    """Full-size X-rays → 64×64 inputs by the training recipe (service/shrink.py); a folder does every file."""
+    from xraysr.service.imaging import ImageError
+    from xraysr.service.shrink import RECIPE, shrink_file
+
+    source: Path = args.input
+    if source.is_dir():
+        inputs = sorted(path for path in source.iterdir() if path.is_file() and path.suffix.lower() in INPUT_TYPES)
+        if not inputs:
+            raise ValueError(f"{source} holds no {' or '.join(f'*{suffix}' for suffix in INPUT_TYPES)} files")
+        args.output.mkdir(parents=True, exist_ok=True)
+        pairs = [(path, args.output / f"{path.stem}.png") for path in inputs]
+    elif source.is_file():
+        pairs = [(source, args.output / f"{source.stem}.png" if args.output.is_dir() else args.output)]
+    else:
+        raise FileNotFoundError(f"input {source} does not exist")
+    failed = 0
+    for source_path, output_path in pairs:
+        try:
+            shrunk = shrink_file(source_path.read_bytes(), INPUT_TYPES.get(source_path.suffix.lower()))
+        except ImageError as error:
+            failed += 1  # one bad file must not cost the rest of a folder
+            print(f"xraysr shrink: error: {source_path}: {error.message}", file=sys.stderr)
+            continue
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        output_path.write_bytes(shrunk.png)
+        size = shrunk.pixels.shape[0]
+        print(f"{output_path} ({shrunk.original_width}x{shrunk.original_height} -> {size}x{size}: {RECIPE})")
+    return 1 if failed else 0
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -181,7 +227,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     upscale = commands.add_parser("upscale", help="upscale a PNG/DICOM file, or every *.png/*.dcm of a folder")
     upscale.add_argument("input", type=Path, help="a 64x64 .png or .dcm file, or a folder of them")
     upscale.add_argument(
-        "-o", "--output", type=Path, required=True, help="output .png (or folder) for a file; a folder for a folder"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output .png (or folder) for a file, or .dcm for a DICOM input: a DICOM Secondary Capture in the "
+        "input's study (one new series per invocation and study); a folder for a folder",
     )
     upscale.add_argument("--steps", type=int, help="denoising steps (default: the manifest's)")
     upscale.add_argument("--seed", type=int, default=0, help="noise seed (default 0: reruns give identical files)")
@@ -198,6 +249,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     _add_model_flags(upscale)
     upscale.set_defaults(handler=_upscale)
+
+    shrink = commands.add_parser(
+        "shrink",
+        help="make the 64x64 input of `upscale` from a full-size X-ray by the training recipe "
+        "(centre square, INTER_AREA to 256, INTER_CUBIC to 64)",
+    )
+    shrink.add_argument("input", type=Path, help="a .png or .dcm X-ray (short side at least 256), or a folder of them")
+    shrink.add_argument(
+        "-o", "--output", type=Path, required=True, help="output .png (or folder) for a file; a folder for a folder"
+    )
+    shrink.set_defaults(handler=_shrink)
 
     bench = commands.add_parser("bench", help="per-stage latency p50/p95 and images/s: in-process, HTTP, PyTorch")
     bench.add_argument("--image", type=Path, help="a 64x64 PNG/DICOM to upscale (default: a synthetic ramp)")
@@ -251,7 +313,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _build_engines(args: argparse.Namespace) -> int:
-    from xraysr.service.runtimes.trt_build import Precision, build_all, current_device
+    from xraysr.service.runtimes.trt_build import EngineBuildError, Precision, build_all, current_device
 
     settings = _settings_from(args, ("engines_dir", "model"))
     try:
@@ -261,10 +323,17 @@ def _build_engines(args: argparse.Namespace) -> int:
             f"building engines needs TensorRT and pycuda on an NVIDIA GPU (JetPack ships TensorRT): {error}"
         ) from error
     precision: Precision = args.precision
-    _, reports = build_all(settings.model_dir, args.cache_dir, precision, device, args.workspace_mib, args.max_batch)
+    failed: EngineBuildError | None = None
+    try:
+        sizes = (args.workspace_mib, args.max_batch)
+        _, reports = build_all(settings.model_dir, args.cache_dir, precision, device, *sizes)
+    except EngineBuildError as error:  # every component was tried: report each, then fail
+        failed, reports = error, error.reports
     print(f"{device.name} (compute capability {device.compute_capability}), TensorRT {device.tensorrt_version}")
     for report in reports:
-        print(f"{report.action} {report.component} ({report.precision}): {report.plan}")
+        print(f"{report.action} {report.component} ({report.precision}): {report.error or report.plan}")
+    if failed is not None:
+        raise ValueError(str(failed))
     return 0
 
 

@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from xraysr.service.imaging import (
-    _DICOM_ERRORS,
+from xraysr.service.image_errors import (
+    DICOM_ERRORS,
     ImageError,
     InvalidImage,
     UnsupportedMediaType,
     UnsupportedPixels,
-    _check_pixel_count,
-    _check_size,
-    _looks_like,
+    check_pixel_count,
+    check_size,
+    looks_like,
     open_image_header,
 )
 
@@ -64,14 +64,14 @@ def decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.n
             "DICOM input needs the pydicom package, which is not installed on this server "
             "(pip install pydicom); send a PNG instead"
         ) from error
-    errors = (InvalidDicomError, BytesLengthException, *_DICOM_ERRORS)
+    errors = (InvalidDicomError, BytesLengthException, *DICOM_ERRORS)
     # 1. Parse and read the header, inflating a deflated dataset with a cap.
     try:
-        dataset = _read_dataset(data)
+        dataset = read_dicom_dataset(data)
     except ImageError:
         raise
     except errors as error:
-        received = _looks_like(data)
+        received = looks_like(data)
         hint = f" (it looks like {received})" if received and received != "a DICOM file" else ""
         raise InvalidImage(f"not a readable DICOM file{hint}: {error}") from error
     try:
@@ -84,6 +84,7 @@ def decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.n
     _check_dicom_header(header, expected_size, max_pixels)
     # 3. Decode the stored values; a compressed frame's own header is checked before its codec runs.
     try:
+        _check_transfer_syntax(dataset)
         _check_compressed_frame(dataset, header)
         stored = np.asarray(dataset.pixel_array)
     except ImageError:
@@ -96,7 +97,7 @@ def decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.n
     return _dicom_to_gray8(stored, header)
 
 
-def _read_dataset(data: bytes) -> Any:  # a pydicom Dataset
+def read_dicom_dataset(data: bytes) -> Any:  # a pydicom Dataset
     """``pydicom.dcmread``, except that a deflated dataset is inflated here, never past MAX_DATASET_BYTES."""
     import pydicom
     from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
@@ -120,16 +121,41 @@ def _read_dataset(data: bytes) -> Any:  # a pydicom Dataset
     return dataset
 
 
+def _check_transfer_syntax(dataset: Any) -> None:
+    """A transfer syntax this server cannot decode is a media type it does not support: 415, naming the syntax
+    and what is missing, so that the sender can convert it (or the operator install the plugin)."""
+    from pydicom.pixels import get_decoder
+
+    transfer_syntax = dataset.file_meta.TransferSyntaxUID
+    name = transfer_syntax.name
+    named = transfer_syntax if name == transfer_syntax else f"{name} ({transfer_syntax})"
+    if not transfer_syntax.is_transfer_syntax:
+        why = "it is not a transfer syntax this server knows"
+    elif not transfer_syntax.is_compressed:
+        return  # native (or deflated, inflated by then): decoded by numpy
+    else:
+        try:
+            decoder = get_decoder(transfer_syntax)
+        except NotImplementedError:
+            why = "pydicom has no decoder for it"
+        else:
+            if decoder.is_available:
+                return
+            why = f"no decoder plugin for it is installed ({'; '.join(decoder.missing_dependencies)})"
+    raise UnsupportedMediaType(
+        f"DICOM transfer syntax {named} cannot be decoded by this server: {why}; send the image uncompressed "
+        "(Explicit VR Little Endian, e.g. `gdcmconv --raw IN.dcm OUT.dcm`)"
+    )
+
+
 def _check_compressed_frame(dataset: Any, header: _DicomHeader) -> None:
-    """An encapsulated frame's codec allocates what the frame's own header declares, not Rows x Columns."""
+    """An encapsulated frame's codec allocates what the frame's own header declares, not Rows x Columns.
+    Runs after _check_transfer_syntax, so the frame's decoder is installed."""
     transfer_syntax = dataset.file_meta.TransferSyntaxUID
     if not transfer_syntax.is_compressed or transfer_syntax == RLE_TRANSFER_SYNTAX:
         return  # native data is Rows x Columns by construction; pydicom's RLE decoder sizes from the header too
     from pydicom.encaps import generate_frames
-    from pydicom.pixels import get_decoder
 
-    if not get_decoder(transfer_syntax).is_available:
-        return  # pydicom refuses it with its own reason, naming the missing plugin
     frame = next(generate_frames(dataset.PixelData, number_of_frames=1), b"")
     image = open_image_header(frame, formats=None, what="the DICOM's compressed frame")
     with image:
@@ -189,8 +215,8 @@ def _check_dicom_header(header: _DicomHeader, expected_size: int, max_pixels: in
         raise InvalidImage(f"invalid NumberOfFrames {header.frames}")
     if header.frames > 1:
         raise UnsupportedPixels(f"multi-frame DICOM with {header.frames} frames: xraysr takes a single image")
-    _check_pixel_count(header.columns, header.rows, header.frames, max_pixels)
-    _check_size(header.columns, header.rows, expected_size)
+    check_pixel_count(header.columns, header.rows, header.frames, max_pixels)
+    check_size(header.columns, header.rows, expected_size)
     if header.photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise UnsupportedPixels(
             f"DICOM PhotometricInterpretation {header.photometric or 'missing'}: xraysr takes grayscale X-rays "

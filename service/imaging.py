@@ -19,8 +19,8 @@ Rules (decode_image):
    luma, exactly as the training data was made. Real colour, 1-bit and floating-point images are refused (422).
 5. DICOM (needs pydicom; without it, 415): a Part 10 file ("DICM" at byte 128), one frame, Rows and Columns equal
    to ``expected_size``, SamplesPerPixel 1, MONOCHROME1 or MONOCHROME2, 8 or 16 bits allocated. Colour,
-   multi-frame and Modality LUT Sequence images are refused (422); compressed transfer syntaxes whose decoder is
-   not installed are refused (422) with pydicom's reason.
+   multi-frame and Modality LUT Sequence images are refused (422); a transfer syntax that cannot be decoded here
+   (unknown, or its decoder plugin not installed) is 415, naming the syntax and what is missing.
 6. DICOM pixels: RescaleSlope/RescaleIntercept are applied, then the first WindowCenter/WindowWidth pair is
    applied (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT or SIGMOID) when the file has one; otherwise the full stored
    range (0 .. 2^BitsStored - 1, or the signed range) is mapped onto 0..255. MONOCHROME1 is then inverted so
@@ -34,21 +34,33 @@ encode_png writes a 2-D uint8 array as an 8-bit grayscale PNG (zlib level 3: fas
 
 from __future__ import annotations
 
-import struct
-import threading
-import warnings
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DICOM_MAGIC = b"DICM"
-DICOM_MAGIC_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
+from xraysr.service.dicom import decode_dicom
+from xraysr.service.image_errors import (  # noqa: F401 - the refusals are imaging's API too
+    PILLOW_ERRORS,
+    PNG_SIGNATURE,
+    BodyTimeout,
+    BodyTooLarge,
+    EmptyBody,
+    ImageError,
+    InvalidImage,
+    UnsupportedMediaType,
+    UnsupportedPixels,
+    WrongSize,
+    check_pixel_count,
+    check_size,
+    is_dicom_file,
+    looks_like,
+    open_image_header,
+)
+
 ACCEPTED_CONTENT_TYPES = ("image/png", "application/dicom")
 SNIFFED_CONTENT_TYPES = ("application/octet-stream",)
 MAX_CHANNEL_DIFFERENCE = 2  # levels; grayscale saved as RGB by JPEG-era tools drifts by a level or two
@@ -67,54 +79,6 @@ SourceFormat = Literal["png", "dicom"]
 # of them, and a 1 MiB body of many small chunks must not become 64 MB.
 PngImagePlugin.MAX_TEXT_CHUNK = 64 << 10
 PngImagePlugin.MAX_TEXT_MEMORY = 256 << 10
-
-# What Pillow raises on hostile bytes: decoder failures are OSError, header parsing raises the rest.
-_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError, TypeError)
-# pydicom converts element values lazily, so any attribute access on a parsed file can raise these.
-_DICOM_ERRORS = _PILLOW_ERRORS + (AttributeError, NotImplementedError, RuntimeError, OverflowError)
-# warnings.catch_warnings swaps the process-wide filter list; two request threads doing it at once can leave
-# "error" installed for good. The guarded section only parses an image header, so serialising it costs nothing.
-_IMAGE_OPEN_LOCK = threading.Lock()
-
-
-class ImageError(ValueError):
-    """A request body the service refuses; ``status_code`` is the HTTP answer, ``message`` the reason."""
-
-    status_code: ClassVar[int] = 400
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class EmptyBody(ImageError):
-    status_code = 400
-
-
-class BodyTooLarge(ImageError):
-    status_code = 413
-
-
-class BodyTimeout(ImageError):
-    status_code = 408
-
-
-class UnsupportedMediaType(ImageError):
-    status_code = 415
-
-
-class InvalidImage(ImageError):
-    """Not an image, corrupt, truncated, a decompression bomb or a broken DICOM: 422 Unprocessable Content."""
-
-    status_code = 422
-
-
-class WrongSize(InvalidImage):
-    pass
-
-
-class UnsupportedPixels(InvalidImage):
-    pass
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing ndarrays field-wise has no single truth value
@@ -140,8 +104,6 @@ def decode_image(
         pixels, conversion = _decode_png(data, expected_size, max_pixels)
         source_format: SourceFormat = "png"
     else:
-        from xraysr.service.dicom import decode_dicom  # imports service.imaging: kept out of module scope
-
         pixels, conversion = decode_dicom(data, expected_size, max_pixels)
         source_format = "dicom"
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8).copy()
@@ -179,56 +141,13 @@ def _source_format(data: bytes, content_type: str | None) -> SourceFormat:
         )
     if data.startswith(PNG_SIGNATURE):
         return "png"
-    if _is_dicom_file(data):
+    if is_dicom_file(data):
         return "dicom"
-    received = _looks_like(data)
+    received = looks_like(data)
     raise UnsupportedMediaType(
         f"could not recognise the body{' (it looks like ' + received + ')' if received else ''}: "
         f"it is neither a PNG nor a DICOM file with 'DICM' at byte 128; send {accepted}"
     )
-
-
-def _is_dicom_file(data: bytes) -> bool:
-    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC
-
-
-def _looks_like(data: bytes) -> str | None:
-    """A name for what a body seems to be, so that a refusal can say what it got."""
-    if data.startswith(PNG_SIGNATURE):
-        return "a PNG"
-    if _is_dicom_file(data):
-        return "a DICOM file"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "a JPEG"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "a GIF"
-    if data.startswith((b"II*\x00", b"MM\x00*")):
-        return "a TIFF"
-    if data.startswith(b"BM"):
-        return "a BMP"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "a WebP"
-    if data.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n"):
-        return "a JPEG 2000"
-    try:
-        data[:512].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return "text"
-
-
-def _check_size(width: int, height: int, expected_size: int) -> None:
-    if (width, height) != (expected_size, expected_size):
-        raise WrongSize(f"expected a {expected_size}x{expected_size} image, got {width}x{height}")
-
-
-def _check_pixel_count(width: int, height: int, frames: int, max_pixels: int) -> None:
-    if width * height * frames > max_pixels:
-        raise InvalidImage(
-            f"the header declares {width}x{height}{f' x {frames} frames' if frames > 1 else ''} = "
-            f"{width * height * frames} pixels, over this server's limit of {max_pixels} pixels "
-            "(decompression-bomb guard); nothing was decoded"
-        )
 
 
 # --- PNG -------------------------------------------------------------------------------------------------------
@@ -236,7 +155,7 @@ def _check_pixel_count(width: int, height: int, frames: int, max_pixels: int) ->
 
 def _decode_png(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.ndarray, str | None]:
     if not data.startswith(PNG_SIGNATURE):
-        received = _looks_like(data)
+        received = looks_like(data)
         raise InvalidImage(f"the body is not a PNG{' (it looks like ' + received + ')' if received else ''}")
     # 1. Header only: format, size, frames and mode are known before a single pixel is inflated.
     image = _open_png_header(data)
@@ -244,8 +163,8 @@ def _decode_png(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.nd
         if image.format != "PNG":  # formats=("PNG",) already guarantees it; kept as the stated contract
             raise InvalidImage(f"the body is not a PNG (it was read as {image.format})")
         width, height = image.size
-        _check_pixel_count(width, height, 1, max_pixels)
-        _check_size(width, height, expected_size)
+        check_pixel_count(width, height, 1, max_pixels)
+        check_size(width, height, expected_size)
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
             raise UnsupportedPixels(f"animated PNG with {frames} frames: xraysr takes a single still image")
@@ -254,7 +173,7 @@ def _decode_png(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.nd
         # 2. Decode every byte now, so that a truncated file fails here and not half-way through the model.
         try:
             image.load()
-        except _PILLOW_ERRORS as error:
+        except PILLOW_ERRORS as error:
             raise InvalidImage(f"corrupt or truncated PNG: {error}") from error
         # 3. Map the pixel format to 8-bit grayscale.
         return _png_to_gray8(image)
@@ -262,21 +181,6 @@ def _decode_png(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.nd
 
 def _open_png_header(data: bytes) -> Image.Image:
     return open_image_header(data, formats=("PNG",), what="PNG")
-
-
-def open_image_header(data: bytes, formats: tuple[str, ...] | None, what: str) -> Image.Image:
-    """Pillow's lazy open: the header is parsed and the size known, but no pixel is decoded yet."""
-    with _IMAGE_OPEN_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(BytesIO(data), formats=formats)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise InvalidImage(f"decompression bomb refused before decoding: {error}") from error
-        except UnidentifiedImageError as error:
-            raise InvalidImage(f"corrupt {what}: its header cannot be read") from error
-        except _PILLOW_ERRORS as error:
-            raise InvalidImage(f"corrupt {what} header: {error}") from error
-    return image
 
 
 def _refused_mode_message(mode: str) -> str:
@@ -304,7 +208,7 @@ def _png_to_gray8(image: Image.Image) -> tuple[np.ndarray, str | None]:
         rgb = image.convert("RGB")
         channels = np.asarray(rgb, dtype=np.int16)
         luma = np.asarray(rgb.convert("L"))  # ITU-R 601-2: L = R * 299/1000 + G * 587/1000 + B * 114/1000
-    except _PILLOW_ERRORS as error:
+    except PILLOW_ERRORS as error:
         raise InvalidImage(f"corrupt PNG: its pixels cannot be converted: {error}") from error
     difference = int(np.abs(channels - np.roll(channels, 1, axis=-1)).max())  # |R-B|, |G-R|, |B-G|
     if difference > MAX_CHANNEL_DIFFERENCE:

@@ -14,6 +14,9 @@ access_logger = logging.getLogger("xraysr.access")
 # 1 ms (a PNG encode) to 10 s (a long denoise on a Jetson Nano); Prometheus' defaults stop being useful below 5 ms.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# dB of X-LR-Consistency-PSNR (service/consistency.py): the shipped model's answers sit around 50 (1st percentile
+# near 42), bicubic and consistency=enforce near 61, identical ones at the 99.99 cap (docs/RESULTS.md).
+CONSISTENCY_BUCKETS = (30.0, 35.0, 40.0, 42.5, 45.0, 47.5, 50.0, 52.5, 55.0, 57.5, 60.0, 62.5, 65.0, 70.0, 80.0, 99.0)
 # Why an admitted upscale was answered without its image (counted beside, not as, the status codes).
 ABANDON_REASONS = ("client_disconnected", "deadline", "shutdown")
 
@@ -70,6 +73,16 @@ class ServiceMetrics:
         )
         for reason in ABANDON_REASONS:
             self.abandoned.labels(reason=reason)
+        self.lr_consistency = Histogram(
+            "xraysr_lr_consistency_psnr_db",
+            "X-LR-Consistency-PSNR of each upscale answered with an image: the PSNR (dB) between the 64x64 input "
+            "and the answer shrunk back as the training pairs were made, by consistency mode (report, enforce).",
+            ["mode"],
+            buckets=CONSISTENCY_BUCKETS,
+            registry=self.registry,
+        )
+        for mode in ("report", "enforce"):
+            self.lr_consistency.labels(mode=mode)
         self.model_info = Gauge(
             "xraysr_model_info",
             "The model being served (always 1).",
@@ -92,6 +105,9 @@ class ServiceMetrics:
     def observe_stages(self, stage_seconds: Mapping[str, float]) -> None:
         for stage, seconds in stage_seconds.items():
             self.stage_duration.labels(stage=stage).observe(seconds)
+
+    def observe_consistency(self, mode: str, psnr_db: float) -> None:
+        self.lr_consistency.labels(mode=mode).observe(psnr_db)
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format and its content type."""

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from xraysr.service.dicom_uids import check_uid_root
 from xraysr.service.manifest import MANIFEST_NAME, MAX_SAMPLES, manifest_name
 from xraysr.service.validation import describe_validation_error
 
@@ -22,6 +23,11 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 FP16_NEEDS_TENSORRT = (
     "fp16 needs the tensorrt backend (TensorRT builds FP16 engines from the FP32 ONNX); use fp32 or int8 on onnxruntime"
 )
+
+
+# The 1st percentile (41.26 dB) of the shipped default model's X-LR-Consistency-PSNR on the 185 adult validation
+# images (docs/RESULTS.md, "Fidelity guard"; docs/scripts/fidelity_guard.py --split val --group adult).
+LR_CONSISTENCY_LOW_DB = 41.3
 
 
 # The shipped default model travels inside the package (xraysr/engines links to the repository's engines/), so
@@ -91,7 +97,29 @@ class Settings(BaseSettings):
     trt_cache_dir: Path | None = Field(
         None, description="TensorRT engines built on this device (default engines_dir/model/tensorrt)."
     )
+    lr_consistency_low_db: float = Field(
+        LR_CONSISTENCY_LOW_DB,
+        ge=0,
+        le=100,
+        description="An answer whose X-LR-Consistency-PSNR is below this is flagged (X-LR-Consistency-Low: 1): "
+        "shrunk back, it departs from its input more than 99% of the shipped model's validation answers did.",
+    )
+    max_shrink_body_bytes: int = Field(
+        64 << 20, ge=1 << 10, description="Larger POST /shrink bodies are refused with 413 (full-size images)."
+    )
     log_level: LogLevel = "INFO"
+    dicom_uid_root: str | None = Field(
+        None,
+        description="Root of the UIDs in DICOM answers: your organisation's registered root (at most 40 characters). "
+        "Unset: UUID-derived UIDs (2.25.<UUID>), unique without registering anything (service/dicom_uids.py).",
+    )
+
+    @field_validator("dicom_uid_root", mode="before")
+    @classmethod
+    def _uid_root(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # XRAYSR_DICOM_UID_ROOT= (empty) means unset
+        return check_uid_root(value) if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -8,7 +8,10 @@ A request's life, and where each answer is decided:
        (service/concurrency.py): decided at the door, before the body is read
   413/408  the body is read with a cap (Content-Length first, then while streaming) and a time limit
   400/415/422  the body is not a usable image — service/imaging.py, decoded in a small bounded pool
-  200  the batcher (service/batching.py) ran it, alone or with others of the same steps
+  406  Accept: application/dicom for an input that is not a DICOM naming its study — service/dicom_out.py
+  200  the batcher (service/batching.py) ran it, alone or with others of the same steps; the fidelity guard
+       (service/consistency.py) measured it against its input (X-LR-Consistency-PSNR), and projected it for
+       consistency=enforce
   504  the deadline (request_timeout_s, or the client's lower X-Request-Timeout) passed first
   499  the client disconnected first (nobody reads it; /metrics counts it as abandoned)
   503  the shutdown grace period ended first
@@ -18,6 +21,7 @@ A request's life, and where each answer is decided:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import secrets
 import time
@@ -25,13 +29,14 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
+import numpy as np
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from xraysr.service import __version__
+from xraysr.service.api.bodies import image_from_request, image_request_body, read_body, wants_dicom, wants_json
 from xraysr.service.api.deps import (
     AdmissionDep,
     BatcherDep,
@@ -44,11 +49,25 @@ from xraysr.service.api.deps import (
 )
 from xraysr.service.batching import Batcher, Job, JobResult, ShuttingDown
 from xraysr.service.concurrency import Overloaded
-from xraysr.service.imaging import BodyTimeout, BodyTooLarge, DecodedImage, ImageError, check_body_size, decode_image
+from xraysr.service.consistency import (
+    BACK_PROJECTION_ITERATIONS,
+    ConsistencyMode,
+    FidelityReport,
+    bicubic_upscale,
+    guard,
+)
+from xraysr.service.dicom_out import NEEDS_DICOM_INPUT, DicomSource, read_source, secondary_capture
+from xraysr.service.image_errors import NotAcceptable
+from xraysr.service.imaging import (
+    DecodedImage,
+    ImageError,
+    decode_image,
+    encode_png,
+)
 from xraysr.service.manifest import MAX_SAMPLES, Manifest
 from xraysr.service.metrics import ServiceMetrics
 from xraysr.service.pipeline import UpscaleResult, check_samples
-from xraysr.service.provenance import DISCLAIMER
+from xraysr.service.provenance import DISCLAIMER, provenance
 from xraysr.service.sampler import SEED_MAX, sample_seeds
 from xraysr.service.settings import Settings
 from xraysr.service.uncertainty import UNCERTAINTY_SCALE
@@ -57,34 +76,30 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["upscale"])
 
 ENDPOINT = "/upscale"
-STAGES = ("decode", "queue", "encode", "denoise", "vae_decode", "png", "total")
+STAGES = ("decode", "queue", "encode", "denoise", "vae_decode", "png", "consistency", "total")
 
-_REQUEST_BODY = {
-    "required": True,
-    "description": "The low-resolution image: the file itself, or a multipart form with a `file` field.",
-    "content": {
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "application/dicom": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary"}},
-                "required": ["file"],
-            }
-        },
-    },
-}
+_REQUEST_BODY = image_request_body(
+    "The low-resolution image: the file itself, or a multipart form with a `file` field."
+)
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "content": {"image/png": {}, "application/json": {}},
+        "content": {"image/png": {}, "application/json": {}, "application/dicom": {}},
         "description": "A 256×256 8-bit grayscale PNG, or JSON with it (and, for samples > 1, the uncertainty "
-        "map) base64-encoded when Accept asks for JSON.",
+        "map) base64-encoded when Accept asks for JSON. For a DICOM input, Accept: application/dicom answers a "
+        "DICOM Secondary Capture (SOP Class 1.2.840.10008.5.1.4.1.1.7) of the same pixels: the input's patient and "
+        "study, a new series (one per server run and study), ImageType DERIVED\\SECONDARY, a DerivationDescription "
+        "naming the model, steps, samples and seed and that it is synthetic, PixelSpacing scaled by 1/4, 8-bit "
+        "MONOCHROME2.",
     },
     400: {"description": "Empty body, or a malformed multipart form."},
     401: {"description": "The server has an api_key and the request has no valid bearer token."},
     408: {"description": "The body did not arrive within body_timeout_s."},
     413: {"description": "The body is larger than max_body_bytes."},
-    415: {"description": "Neither image/png, application/dicom nor multipart/form-data."},
+    406: {"description": "Accept: application/dicom for a PNG input, or for a DICOM without its StudyInstanceUID."},
+    415: {
+        "description": "Neither image/png, application/dicom nor multipart/form-data; or a DICOM transfer syntax "
+        "this server cannot decode (named in the message)."
+    },
     422: {
         "description": "Not a decodable image, the wrong size or pixel type, bad steps/seed/samples/"
         "X-Request-Timeout, or an unknown query parameter."
@@ -116,50 +131,8 @@ def check_samples_query(samples: int | None, manifest: Manifest) -> int:
         raise HTTPException(422, str(error)) from error
 
 
-async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``, and with 408 if it has
-    not all arrived within ``timeout_s`` (a stalled upload must not hold its place and its memory forever)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit():
-        check_body_size(int(declared), max_bytes)
-    chunks, received = [], 0
-    with anyio.move_on_after(timeout_s) as timer:
-        # A missing or understated Content-Length (chunked uploads) is caught while reading, before it is all in.
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_bytes:
-                raise BodyTooLarge(
-                    f"the request body is over {max_bytes} bytes, this server's limit; nothing was decoded"
-                )
-            chunks.append(chunk)
-    if timer.cancelled_caught:
-        raise BodyTimeout(f"the request body did not arrive within {timeout_s:g} s ({received} bytes came)")
-    return b"".join(chunks)
-
-
-async def image_from_request(request: Request, body: bytes) -> tuple[bytes, str | None]:
-    """The image's bytes and declared type: the body itself, or the ``file`` field of a multipart form."""
-    content_type = request.headers.get("content-type")
-    if content_type is None or content_type.split(";")[0].strip().lower() != "multipart/form-data":
-        return body, content_type
-
-    async def replay_body() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    # The body was already read under the size cap; Starlette's parser reads it again from this replay.
-    form = await Request(request.scope, replay_body).form(max_files=1, max_fields=8)
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise HTTPException(422, "a multipart/form-data body needs a file field named 'file' holding the image")
-    return await upload.read(), upload.content_type
-
-
 def server_timing(stage_ms: dict[str, float]) -> str:
     return ", ".join(f"{stage};dur={milliseconds:.3f}" for stage, milliseconds in stage_ms.items())
-
-
-def wants_json(request: Request) -> bool:
-    return "application/json" in request.headers.get("accept", "").lower()
 
 
 def request_deadline(request: Request, settings: Settings) -> float:
@@ -239,6 +212,15 @@ async def upscale(
             "default_samples); sample k uses seed + k. Above 1 the JSON answer adds their per-pixel spread."
         ),
     ] = None,
+    consistency: Annotated[
+        ConsistencyMode,
+        Query(
+            description="report (default): the answer as the model made it, with X-LR-Consistency-PSNR, the PSNR "
+            "between the input and the answer shrunk back as the training pairs were made. enforce: the answer "
+            f"projected ({BACK_PROJECTION_ITERATIONS} back-projection iterations) so that shrunk back it gives the "
+            "input."
+        ),
+    ] = "report",
     x_request_timeout: Annotated[
         str | None,
         Header(description="Seconds this request may take, at most the server's request_timeout_s (504 past it)."),
@@ -249,6 +231,7 @@ async def upscale(
     samples = check_samples_query(samples, pipeline.manifest)
     seed = secrets.randbelow(SEED_MAX + 1) if seed is None else seed
     deadline_s = request_deadline(request, settings)
+    source: DicomSource | None = None  # what a DICOM answer keeps of the input
     try:
         with admission.admit(), lifecycle.request_scope() as shutdown, anyio.move_on_after(deadline_s) as deadline:
             body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
@@ -256,9 +239,14 @@ async def upscale(
             decoded, decode_seconds = await anyio.to_thread.run_sync(
                 _decode, data, content_type, pipeline.manifest, limiter=admission.decoding
             )
+            if wants_dicom(request):
+                source = await anyio.to_thread.run_sync(_dicom_source, data, decoded, limiter=admission.decoding)
             as_json = wants_json(request)
             job = Job(pixels=decoded.pixels, steps=steps, seeds=sample_seeds(seed, samples), spread_png=as_json)
             answer = await _answer_unless_disconnected(request, batcher, job)
+            answer, fidelity, bicubic_png = await anyio.to_thread.run_sync(
+                _fidelity_guard, decoded.pixels, answer, consistency, settings, pipeline.manifest, as_json
+            )
     except ImageError as error:
         return JSONResponse({"detail": error.message}, status_code=error.status_code)
     except Overloaded as error:
@@ -288,6 +276,17 @@ async def upscale(
 
     result = answer.result
     stage_seconds = {"decode": decode_seconds, **answer.stage_seconds}
+    dicom = None
+    if source is not None:
+        enforced = f"projected onto its input, {BACK_PROJECTION_ITERATIONS} back-projection iterations"
+        dicom, stage_seconds["dicom"] = await anyio.to_thread.run_sync(
+            _secondary_capture,
+            source,
+            result,
+            pipeline.manifest,
+            settings.dicom_uid_root,
+            enforced if consistency == "enforce" else None,
+        )
     stage_seconds["total"] = time.perf_counter() - started
     metrics.observe_stages(stage_seconds)
     # The host stages always, in order; a GPU runtime adds its CUDA-event times ("denoise_gpu", …) after.
@@ -305,6 +304,10 @@ async def upscale(
     }
     if decoded.conversion:
         headers["X-Input-Conversion"] = decoded.conversion
+    headers.update(fidelity.headers())
+    metrics.observe_consistency(fidelity.mode, fidelity.psnr_db)
+    if dicom is not None:
+        return Response(dicom, media_type="application/dicom", headers=headers)
     if as_json:
         return JSONResponse(
             {
@@ -319,6 +322,10 @@ async def upscale(
                 "stage_ms": {stage: round(ms, 3) for stage, ms in stage_ms.items()},
                 "input_conversion": decoded.conversion,
                 "batch_samples": answer.batch_samples,
+                "consistency": fidelity.mode,
+                "lr_consistency_psnr": fidelity.psnr_db,
+                "lr_consistency_low": fidelity.low,
+                "bicubic_png_base64": base64.b64encode(bicubic_png or b"").decode("ascii"),
                 "software": f"xraysr {__version__}",
                 "disclaimer": DISCLAIMER,
             },
@@ -343,6 +350,40 @@ def _decode(data: bytes, content_type: str | None, manifest: Manifest) -> tuple[
     started = time.perf_counter()
     decoded = decode_image(data, content_type, expected_size=manifest.image.lr_size)
     return decoded, time.perf_counter() - started
+
+
+def _dicom_source(data: bytes, decoded: DecodedImage) -> DicomSource:
+    if decoded.source_format != "dicom":
+        raise NotAcceptable(NEEDS_DICOM_INPUT)
+    return read_source(data)
+
+
+def _secondary_capture(
+    source: DicomSource, result: UpscaleResult, manifest: Manifest, uid_root: str | None, note: str | None
+) -> tuple[bytes, float]:
+    started = time.perf_counter()
+    dicom = secondary_capture(source, result, manifest, uid_root, note)
+    return dicom, time.perf_counter() - started
+
+
+def _fidelity_guard(
+    lr: np.ndarray, answer: JobResult, mode: ConsistencyMode, settings: Settings, manifest: Manifest, bicubic: bool
+) -> tuple[JobResult, FidelityReport, bytes | None]:
+    """The answer checked against its input (service/consistency.py): projected and re-encoded for ``enforce``;
+    with the bicubic baseline's PNG when the JSON answer carries it. Its seconds are the "consistency" stage."""
+    started = time.perf_counter()
+    image, fidelity = guard(lr, answer.result.image, mode, settings.lr_consistency_low_db)
+    result = answer.result
+    if mode == "enforce":
+        result = dataclasses.replace(result, image=image)
+        text = {
+            **provenance(manifest, result),
+            "xraysr-consistency": f"enforce: {BACK_PROJECTION_ITERATIONS} back-projection iterations",
+        }
+        answer = dataclasses.replace(answer, result=result, png=encode_png(image, text))
+    bicubic_png = encode_png(bicubic_upscale(lr, manifest.image.hr_size)) if bicubic else None
+    result.stage_seconds = {**result.stage_seconds, "consistency": time.perf_counter() - started}
+    return answer, fidelity, bicubic_png
 
 
 def _uncertainty_fields(result: UpscaleResult, spread_png: bytes | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from xraysr.service.manifest import read_manifest, write_manifest
 from xraysr.service.provenance import DISCLAIMER
 from xraysr.service.settings import Settings
 
-STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "total"]
+STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "consistency", "total"]
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +253,7 @@ def test_openapi_documents_the_upscale_body(client: TestClient) -> None:
         "steps",
         "seed",
         "samples",
+        "consistency",
         "x-request-timeout",
     }
 
@@ -260,7 +261,9 @@ def test_openapi_documents_the_upscale_body(client: TestClient) -> None:
 def test_an_unknown_query_parameter_is_422_naming_it(client: TestClient, lr_png: bytes) -> None:
     response = client.post("/upscale", params={"step": 10}, content=lr_png, headers={"content-type": "image/png"})
     assert response.status_code == 422
-    assert response.json()["detail"] == "unknown query parameter(s): step; /upscale takes samples, seed, steps"
+    assert response.json()["detail"] == (
+        "unknown query parameter(s): step; /upscale takes consistency, samples, seed, steps"
+    )
 
 
 @pytest.mark.parametrize("given", ["soon", "0", "-1", "nan", "inf"])

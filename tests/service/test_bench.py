@@ -25,7 +25,7 @@ def test_bench_measures_in_process_http_and_torch_in_one_run(tiny_engine_dir: Pa
     ]
     assert set(series[0].seconds) == {"encode", "denoise", "vae_decode", "caller_wall"}
     assert set(series[1].seconds) == {
-        "decode", "queue", "encode", "denoise", "vae_decode", "png", "total", "caller_wall"
+        "decode", "queue", "encode", "denoise", "vae_decode", "png", "consistency", "total", "caller_wall"
     }
     assert all(len(values) == 3 and min(values) >= 0 for entry in series for values in entry.seconds.values())
     assert all(min(entry.seconds["caller_wall"]) > 0 for entry in series)

@@ -23,7 +23,7 @@ from tests.service.dicom_files import dicom_file
 from xraysr.service.local_server import local_server
 
 MAX_BODY_BYTES = 16 * 1024
-STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "total"]
+STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "consistency", "total"]
 
 
 class Server:

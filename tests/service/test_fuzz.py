@@ -93,7 +93,7 @@ def test_the_server_never_answers_5xx_to_requests_drawn_from_its_schema(server: 
     operation = httpx.get(f"{server}/openapi.json").json()["paths"]["/upscale"]["post"]
     queries = {p["name"]: _value_for(p["schema"]) for p in operation["parameters"] if p["in"] == "query"}
     headers = {p["name"]: _value_for(p["schema"], True) for p in operation["parameters"] if p["in"] == "header"}
-    assert set(queries) == {"steps", "seed", "samples"} and set(headers) == {"x-request-timeout"}
+    assert set(queries) == {"steps", "seed", "samples", "consistency"} and set(headers) == {"x-request-timeout"}
     media_types = [*operation["requestBody"]["content"], "application/octet-stream", "text/plain", "image/jpeg"]
     client = httpx.Client(base_url=server, timeout=30)
 
@@ -102,7 +102,7 @@ def test_the_server_never_answers_5xx_to_requests_drawn_from_its_schema(server: 
         query=st.fixed_dictionaries({}, optional={**queries, "step": st.just("10")}),
         header=st.fixed_dictionaries({}, optional=headers),
         content_type=st.sampled_from(media_types),
-        accept=st.sampled_from(["image/png", "application/json", "*/*"]),
+        accept=st.sampled_from(["image/png", "application/json", "application/dicom", "*/*"]),
         body=st.one_of(mutated(seeds), st.sampled_from(seeds), st.binary(max_size=256)),
     )
     def request(query: dict, header: dict, content_type: str, accept: str, body: bytes) -> None:
