@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The container's entrypoint: on the tensorrt backend, build the TensorRT engines for this GPU into the
-# cache volume (or find them there from an earlier start), then become `xraysr serve`.
+# The container's entrypoint: check what restarting cannot fix, then become `xraysr serve`. On the tensorrt
+# backend, serve builds the TensorRT engines for this GPU into the cache volume on the first start (minutes)
+# and loads them from there afterwards; it listens meanwhile, so /readyz answers 503 "loading" during the
+# build instead of the port refusing connections.
 #
-# Configure through XRAYSR_* environment variables (docker run -e ...): they reach both build-engines and
-# serve. Arguments after the image name are passed to `xraysr serve` only. Without XRAYSR_ENGINES_DIR both
-# use the model the installed package carries; mount another engines/ folder and set it to serve that.
+# Configure through XRAYSR_* environment variables (docker run -e ...); arguments after the image name are
+# passed to `xraysr serve`. Without XRAYSR_ENGINES_DIR serve uses the model the installed package carries;
+# mount another engines/ folder and set it to serve that.
 #
 # Exit status 78 (EX_CONFIG, sysexits.h) means this container cannot work as it was started, and starting
 # it again will not help; jetson/xraysr.service does not restart on it (RestartPreventExitStatus), nor on
@@ -25,32 +27,15 @@ if ! thread_error="$(python3 -c 'import threading; t = threading.Thread(target=i
 fi
 
 if [[ "${backend}" == "tensorrt" ]]; then
-    model="${XRAYSR_MODEL:-cxr-default}"
-    precision="${XRAYSR_PRECISION:-int8}"
-    # The same folder the TensorRT runtime reads (XRAYSR_TRT_CACHE_DIR), so serve finds what was built here.
+    # The folder the TensorRT runtime builds into and loads from (XRAYSR_TRT_CACHE_DIR, set by the image).
     cache_dir="${XRAYSR_TRT_CACHE_DIR:-/var/lib/xraysr/engines-cache}"
-    build=(--model "${model}" --precision "${precision}" --cache-dir "${cache_dir}")
-    if [[ -n "${XRAYSR_ENGINES_DIR:-}" ]]; then
-        build=(--engines-dir "${XRAYSR_ENGINES_DIR}" "${build[@]}")
-    fi
-    # serve builds its engines for max(XRAYSR_MAX_BATCH, 8) samples (service/engine.py, load_pipeline; 8 is
-    # MAX_SAMPLES, build-engines' default): a larger max batch is passed on so the cache key is the same one.
-    if [[ "${XRAYSR_MAX_BATCH:-}" =~ ^[0-9]+$ ]] && ((10#${XRAYSR_MAX_BATCH} > 8)); then
-        build+=(--max-batch "$((10#${XRAYSR_MAX_BATCH}))")
-    fi
-    if ! xraysr build-engines --help >/dev/null 2>&1; then
-        echo "xraysr-entrypoint: error: this xraysr has no working 'build-engines' command;" \
-            "cannot prepare TensorRT engines (run with XRAYSR_BACKEND=onnxruntime to serve on the CPU)" >&2
-        exit "${EX_CONFIG}"
-    fi
     if [[ ! -w "${cache_dir}" ]]; then
         echo "xraysr-entrypoint: error: the engine cache ${cache_dir} is not writable by uid $(id -u);" \
             "mount a volume there (-v xraysr-engines:${cache_dir})" >&2
         exit "${EX_CONFIG}"
     fi
-    echo "xraysr-entrypoint: TensorRT engines for ${model} (${precision}) in ${cache_dir}:" \
-        "built on the first start (minutes), loaded afterwards" >&2
-    xraysr build-engines "${build[@]}"
+    echo "xraysr-entrypoint: TensorRT engines for ${XRAYSR_MODEL:-cxr-default} in ${cache_dir}: built by serve" \
+        "on the first start (minutes; /readyz answers 503 until they are ready), loaded afterwards" >&2
 fi
 
 exec xraysr serve "$@"

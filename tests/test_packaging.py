@@ -149,3 +149,6 @@ def test_xraysr_serve_serves_the_packaged_model_from_any_directory(served_from_e
     assert answer.status_code == 200, answer.text
     assert Image.open(io.BytesIO(answer.content)).size == (256, 256)
     assert answer.headers["X-Model-Version"] == ready["version"]
+    # The web page's assets are package data too.
+    for path in ("/", "/ui/app.js", "/ui/panels.js", "/ui/style.css"):
+        assert httpx.get(f"{served_from_elsewhere}{path}", timeout=5).status_code == 200, path

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from xraysr.service.manifest import MAX_SAMPLES
 from xraysr.service.settings import PACKAGED_ENGINES_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -323,13 +322,13 @@ def test_the_entrypoint_is_an_executable_strict_bash_script_that_execs_serve() -
     subprocess.run(["bash", "-n", str(ENTRYPOINT)], check=True)
 
 
-def _fake_xraysr(folder: Path, build_engines_exit: int = 0) -> Path:
-    """An `xraysr` that logs each call and, on `build-engines`, exits with build_engines_exit."""
+def _fake_xraysr(folder: Path) -> Path:
+    """An `xraysr` that logs each call."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "calls"
     script = folder / "xraysr"
     script.write_text(
-        f'#!/bin/sh\necho "$*" >> "{log}"\nif [ "$1" = build-engines ]; then exit {build_engines_exit}; fi\n'
+        f'#!/bin/sh\necho "$*" >> "{log}"\n'
     )
     script.chmod(0o755)
     return log
@@ -347,45 +346,18 @@ def test_on_onnxruntime_the_entrypoint_only_serves(tmp_path: Path) -> None:
     assert log.read_text() == "serve --port 9000\n"
 
 
-def test_on_tensorrt_the_entrypoint_builds_the_packaged_model_into_the_cache_then_serves(tmp_path: Path) -> None:
+def test_on_tensorrt_the_entrypoint_leaves_the_build_to_serve(tmp_path: Path) -> None:
+    # serve builds the engines in its background load, so /readyz answers 503 "loading" during the build
+    # (tests/service/test_trt_runtime.py) instead of the port refusing connections for minutes.
     log = _fake_xraysr(tmp_path / "bin")
     cache = tmp_path / "cache"
     cache.mkdir()
-    result = _run_entrypoint(tmp_path / "bin", XRAYSR_BACKEND="tensorrt", XRAYSR_TRT_CACHE_DIR=str(cache))
+    result = _run_entrypoint(
+        tmp_path / "bin", "--port", "9000", XRAYSR_BACKEND="tensorrt", XRAYSR_TRT_CACHE_DIR=str(cache)
+    )
     assert result.returncode == 0, result.stderr
-    # No XRAYSR_ENGINES_DIR, no --engines-dir: both commands use the model the installed package carries.
-    assert log.read_text().splitlines() == [
-        "build-engines --help",
-        f"build-engines --model cxr-default --precision int8 --cache-dir {cache}",
-        "serve",
-    ]
-
-
-def test_a_mounted_model_folder_and_a_larger_max_batch_reach_the_build(tmp_path: Path) -> None:
-    log = _fake_xraysr(tmp_path / "bin")
-    environment = {
-        "XRAYSR_BACKEND": "tensorrt",
-        "XRAYSR_ENGINES_DIR": "/models",
-        "XRAYSR_MODEL": "cxr-site",
-        "XRAYSR_PRECISION": "fp16",
-        "XRAYSR_TRT_CACHE_DIR": str(tmp_path),
-    }
-    result = _run_entrypoint(tmp_path / "bin", "--port", "9000", **environment, XRAYSR_MAX_BATCH="16")
-    assert result.returncode == 0, result.stderr
-    build = f"build-engines --engines-dir /models --model cxr-site --precision fp16 --cache-dir {tmp_path}"
-    assert log.read_text().splitlines()[1:] == [f"{build} --max-batch 16", "serve --port 9000"]
-    # serve builds for max(max_batch, MAX_SAMPLES): at or below MAX_SAMPLES, build-engines' default is the same.
-    log.unlink()
-    assert _run_entrypoint(tmp_path / "bin", **environment, XRAYSR_MAX_BATCH=str(MAX_SAMPLES)).returncode == 0
-    assert log.read_text().splitlines()[1] == build
-
-
-def test_without_build_engines_the_entrypoint_fails_for_good(tmp_path: Path) -> None:
-    log = _fake_xraysr(tmp_path / "bin", build_engines_exit=2)
-    result = _run_entrypoint(tmp_path / "bin", XRAYSR_BACKEND="tensorrt", XRAYSR_TRT_CACHE_DIR=str(tmp_path))
-    assert result.returncode == EX_CONFIG  # jetson/xraysr.service does not restart on it
-    assert "no working 'build-engines' command" in result.stderr
-    assert "serve" not in log.read_text()
+    assert log.read_text() == "serve --port 9000\n"
+    assert f"in {cache}: built by serve on the first start" in result.stderr
 
 
 def test_an_unwritable_cache_fails_for_good(tmp_path: Path) -> None:
@@ -394,19 +366,7 @@ def test_an_unwritable_cache_fails_for_good(tmp_path: Path) -> None:
     result = _run_entrypoint(tmp_path / "bin", XRAYSR_BACKEND="tensorrt", XRAYSR_TRT_CACHE_DIR=str(cache))
     assert result.returncode == EX_CONFIG
     assert f"the engine cache {cache} is not writable by uid {os.getuid()}" in result.stderr
-    assert log.read_text() == "build-engines --help\n"
-
-
-def test_a_failed_engine_build_stops_the_container(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    log = _fake_xraysr(bin_dir)
-    # --help answers, the build itself fails: set -e must keep serve from starting.
-    (bin_dir / "xraysr").write_text(
-        f'#!/bin/sh\necho "$*" >> "{log}"\n[ "$1" = build-engines ] && [ "$2" != --help ] && exit 3\nexit 0\n'
-    )
-    result = _run_entrypoint(bin_dir, XRAYSR_BACKEND="tensorrt", XRAYSR_TRT_CACHE_DIR=str(tmp_path))
-    assert result.returncode == 3
-    assert "serve" not in log.read_text()
+    assert not log.exists()  # serve never started
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])

@@ -87,7 +87,15 @@ def test_iterating_the_step_graph_reproduces_the_numpy_sampler(
 
 
 class _StepLoop(OnnxRuntime):
-    """The DeviceLoop protocol on ONNX Runtime: what the TensorRT runtime does on the GPU, step by step here."""
+    """The DeviceLoop protocol on ONNX Runtime: what the TensorRT runtime does on the GPU, step by step here.
+
+    OnnxRuntime itself loads only what its host loop runs (served_components), so the step graph is opened here.
+    """
+
+    def __init__(self, manifest: Manifest, model_dir: Path, threads: int) -> None:
+        super().__init__(manifest, model_dir, threads)
+        self._sessions["unet_step"] = _session(model_dir / manifest.components["unet_step"].path)
+        self._output_names["unet_step"] = "next_sample"
 
     def denoise(
         self, sample: np.ndarray, lr_latent: np.ndarray, timesteps: np.ndarray, alphas: np.ndarray

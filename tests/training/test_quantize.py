@@ -151,7 +151,10 @@ def test_the_step_graph_is_quantized_with_the_unets_plan(quantized: tuple[Path, 
     # The same calibration steps give the same activation ranges, so the same INT8 scales.
     np.testing.assert_allclose(_activation_scales(step), _activation_scales(unet), rtol=1e-5)
     # And it computes what the host loop does from the INT8 UNet, up to float rounding in the update.
-    assert report["step_graph"]["max_abs_vs_int8_unet_host_update"] < 1e-3
+    # The same QDQ arithmetic in both: they differ only where a value sits on a rounding tie and one quantization
+    # step flips (seen: 1e-6 run alone, 0.006 in a full run, as float summation order varies). The step's output
+    # is a latent sample of order 1, so a wrong update (swapped alphas, another prediction type) stays far above.
+    assert report["step_graph"]["max_abs_vs_int8_unet_host_update"] < 0.02
     assert report["step_graph"]["output_vs_fp32"]["psnr_db"] > 20
 
 
