@@ -221,7 +221,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--request-timeout-s", type=float, help="deadline per upscale, 504 past it (default 60)")
     serve.add_argument("--shutdown-grace-s", type=float, help="time to finish admitted work on SIGTERM (default 8)")
     serve.add_argument("--max-connections", type=int, help="open connections; more are closed (default 64)")
-    serve.add_argument("--trt-cache-dir", type=Path, help="TensorRT engine cache (default engines_dir/model/tensorrt)")
+    serve.add_argument(
+        "--trt-cache-dir",
+        type=Path,
+        help="TensorRT engine cache (default engines_dir/model/tensorrt, or ~/.cache/xraysr when read-only)",
+    )
     serve.set_defaults(handler=_serve)
 
     upscale = commands.add_parser("upscale", help="upscale a PNG/DICOM file, or every *.png/*.dcm of a folder")

@@ -95,7 +95,9 @@ class Settings(BaseSettings):
         False, description="Serve without api_key on a non-loopback address (behind a proxy that authenticates)."
     )
     trt_cache_dir: Path | None = Field(
-        None, description="TensorRT engines built on this device (default engines_dir/model/tensorrt)."
+        None,
+        description="TensorRT engines built on this device (default engines_dir/model/tensorrt when writable, "
+        "else ~/.cache/xraysr/tensorrt/<model>).",
     )
     lr_consistency_low_db: float = Field(
         LR_CONSISTENCY_LOW_DB,

@@ -41,6 +41,7 @@ from xraysr.service.runtimes.trt_build import (
     Precision,
     build_all,
     current_device,
+    default_cache_dir,
     discard_plan,
 )
 from xraysr.service.runtimes.trt_builder import register_plugins, tensorrt_logger
@@ -143,7 +144,7 @@ class TensorRTRuntime:
         self._context = cuda_call("creating a CUDA context", cuda.Device(0).make_context, flags)
         engines: dict[str, Any] = {}
         try:
-            cache_dir = Path(cache_dir or Path(model_dir) / "tensorrt")
+            cache_dir = Path(cache_dir or default_cache_dir(model_dir))
             # fp16 is served from the fp32 manifest, so the manifest alone cannot say what was asked for.
             requested = precision or manifest.precision
             trt_logger = tensorrt_logger(trt)

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -119,6 +120,17 @@ class EngineKey:
 
     def file_name(self) -> str:
         return f"{self.component}-{self.precision}-{self.digest()[:16]}.plan"
+
+
+def default_cache_dir(model_dir: Path) -> Path:
+    """Where engines are cached when no cache folder is given: beside the model (``model_dir/tensorrt``) when that
+    folder is writable, as in a checkout or a user's venv; otherwise the user's cache, as for a wheel installed by
+    root into a read-only site-packages (the Jetson image sets XRAYSR_TRT_CACHE_DIR to a volume instead)."""
+    model_dir = Path(model_dir)
+    if os.access(model_dir, os.W_OK):
+        return model_dir / "tensorrt"
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return user_cache / "xraysr" / "tensorrt" / model_dir.name
 
 
 def sidecar_path(plan: Path) -> Path:

@@ -15,7 +15,14 @@ import onnxruntime as ort
 import pytest
 
 from xraysr.service.manifest import load_manifest, read_manifest, sha256_of, write_manifest
-from xraysr.service.runtimes.trt_build import Device, EngineBuildError, build_all, sidecar_path, timing_cache_path
+from xraysr.service.runtimes.trt_build import (
+    Device,
+    EngineBuildError,
+    build_all,
+    default_cache_dir,
+    sidecar_path,
+    timing_cache_path,
+)
 from xraysr.service.runtimes.trt_builder import build_engine
 from xraysr.service.runtimes.trt_precision import SCHEDULE_INPUTS, PinnedLayers
 
@@ -291,3 +298,17 @@ def test_the_shipped_encoder_builds_on_tensorrt_before_8_5(fakes: ModuleType, tm
     session = ort.InferenceSession(str(DEFAULT_MODEL / "encoder.onnx"), providers=["CPUExecutionProvider"])
     (reference,) = session.run(None, {"lr_image": lr})
     np.testing.assert_allclose(engine, reference, atol=3e-3)
+
+
+def test_the_default_cache_is_beside_the_model_unless_that_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = tmp_path / "site-packages" / "cxr-default"
+    model_dir.mkdir(parents=True)
+    assert default_cache_dir(model_dir) == model_dir / "tensorrt"
+    # A wheel installed by root and served by another user: site-packages is not writable.
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != model_dir)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_cache_dir(model_dir) == tmp_path / "cache" / "xraysr" / "tensorrt" / "cxr-default"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir(model_dir) == Path.home() / ".cache" / "xraysr" / "tensorrt" / "cxr-default"
