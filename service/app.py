@@ -99,7 +99,7 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
         RequestMetricsMiddleware,
         metrics=app.state.metrics,
         endpoints=frozenset(
-            route.path for module in (upscale, shrink, probes, metrics) for route in module.router.routes
+            route.path for module in (upscale, shrink, probes, metrics, ui) for route in module.router.routes
         ),
         inflight=upscale.ENDPOINT,
     )

@@ -102,6 +102,9 @@ def test_inspect_returns_a_64_input_as_decoded_and_says_a_larger_one_does_not_fi
     assert (full.json()["fits"], full.json()["size"]) == (False, [1024, 1024])
     broken = client.post("/ui/inspect", content=b"not an image", headers={"content-type": "image/png"})
     assert broken.status_code == 422 and "not a PNG" in broken.json()["detail"]
+    # The page's calls are counted like any other endpoint's.
+    counted = client.get("/metrics").text
+    assert 'xraysr_requests_total{endpoint="/ui/inspect",status="200"}' in counted
 
 
 def test_with_an_api_key_inspect_needs_the_token_and_config_says_so() -> None:
