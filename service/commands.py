@@ -310,16 +310,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--max-batch",
         type=int,
-        default=MAX_SAMPLES,
-        help=f"largest batch the engines accept (default {MAX_SAMPLES}, what `serve` builds for samples=K)",
+        help=f"largest batch the engines accept (default: what serve builds for, max(XRAYSR_MAX_BATCH, {MAX_SAMPLES}))",
     )
     build.set_defaults(handler=_build_engines)
 
 
 def _build_engines(args: argparse.Namespace) -> int:
+    from xraysr.service.engine import engine_max_batch
     from xraysr.service.runtimes.trt_build import EngineBuildError, Precision, build_all, current_device
 
     settings = _settings_from(args, ("engines_dir", "model"))
+    max_batch = args.max_batch if args.max_batch is not None else engine_max_batch(settings)
     try:
         device = current_device()
     except (ImportError, RuntimeError) as error:
@@ -329,7 +330,7 @@ def _build_engines(args: argparse.Namespace) -> int:
     precision: Precision = args.precision
     failed: EngineBuildError | None = None
     try:
-        sizes = (args.workspace_mib, args.max_batch)
+        sizes = (args.workspace_mib, max_batch)
         _, reports = build_all(settings.model_dir, args.cache_dir, precision, device, *sizes)
     except EngineBuildError as error:  # every component was tried: report each, then fail
         failed, reports = error, error.reports

@@ -32,11 +32,16 @@ def check_manifest(settings: Settings) -> Manifest:
     return manifest
 
 
+def engine_max_batch(settings: Settings) -> int:
+    """The largest batch the engines must take: the batcher runs up to max_batch samples, or one request's samples
+    when that is more. `build-engines` builds for the same, so that serve finds its plans in the cache."""
+    return max(settings.max_batch, MAX_SAMPLES)
+
+
 def load_pipeline(settings: Settings, warm_up: bool = True) -> SRPipeline:
     """Loads the model once; the warm-up pays ONNX Runtime's first-run allocations before any request does."""
     manifest = check_manifest(settings)
-    # The batcher runs up to max_batch samples, or one request's samples when that is more.
-    max_batch = max(settings.max_batch, MAX_SAMPLES)
+    max_batch = engine_max_batch(settings)
     runtime = load_runtime(
         settings.backend,
         manifest,

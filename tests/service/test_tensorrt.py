@@ -357,6 +357,22 @@ def test_build_engines_builds_then_loads(
     assert [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["loaded"] * 3
 
 
+def test_build_engines_builds_for_the_batch_serve_will_ask_for(
+    fake_tensorrt: object, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # serve builds for max(XRAYSR_MAX_BATCH, MAX_SAMPLES) (engine_max_batch); plans built for anything else would
+    # miss its cache key and be built again on the first start.
+    monkeypatch.setenv("XRAYSR_MAX_BATCH", "16")
+    argv = ["build-engines", "--engines-dir", str(DEFAULT_MODEL.parent), "--model", DEFAULT_MODEL.name]
+    argv += ["--precision", "fp16", "--cache-dir", str(tmp_path / "plans")]
+    assert main(argv) == 0
+    sidecars = [json.loads(path.read_text()) for path in (tmp_path / "plans").glob("*.json")]
+    assert sorted(sidecar["max_batch"] for sidecar in sidecars) == [16, 16, 16]
+    capsys.readouterr()
+    assert main([*argv, "--max-batch", "9"]) == 0  # the flag still wins
+    assert [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["built"] * 3
+
+
 def test_the_runtime_runs_each_component_through_device_buffers(
     fake_tensorrt: object, tiny_engine_dir: Path, tmp_path: Path
 ) -> None:
