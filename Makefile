@@ -27,7 +27,7 @@ test: $(VENV)/.test-installed
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.test-installed
-	$(VENV)/bin/ruff check service training tests
+	$(VENV)/bin/ruff check service training tests docs/scripts xraysr
 	$(VENV)/bin/mypy xraysr/service
 
 # The README's picture of the web page: the browser test saves it (needs Debian's chromium + chromium-driver).

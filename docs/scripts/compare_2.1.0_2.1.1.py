@@ -4,10 +4,14 @@ usage (from the repository root, with 2.1.0's files restored into runs/engines/v
 `git archive 51df6b2 engines/cxr-default | tar -x -C /tmp` then copying):
     python docs/scripts/compare_2.1.0_2.1.1.py fp32|int8 runs/engines/v6k engines
 """
-import csv, json, sys
+import csv
+import json
+import sys
 from pathlib import Path
+
 import numpy as np
 from PIL import Image
+
 from xraysr.service.engine import load_pipeline
 from xraysr.service.settings import Settings
 from xraysr.training.metrics import psnr
@@ -15,12 +19,13 @@ from xraysr.training.metrics import psnr
 data = Path("runs/data/all")
 precision = sys.argv[1]
 dirs = {"old": Path(sys.argv[2]), "new": Path(sys.argv[3])}
-rows = [r for r in csv.DictReader(open(data / "splits.csv")) if r["split"] == "val" and r["source"] != "pediatric"]
+with open(data / "splits.csv", newline="") as handle:
+    rows = [r for r in csv.DictReader(handle) if r["split"] == "val" and r["source"] != "pediatric"]
 rows = rows[:: len(rows) // 10][:10]  # evenly spaced: splits.csv is sorted by name, so a prefix is one source
-out = {}
 images = {}
 for name, engines in dirs.items():
-    pipeline = load_pipeline(Settings(engines_dir=engines, model="cxr-default", precision=precision, threads=2), warm_up=False)
+    settings = Settings(engines_dir=engines, model="cxr-default", precision=precision, threads=2)
+    pipeline = load_pipeline(settings, warm_up=False)
     print(name, pipeline.manifest.version, list(pipeline.manifest.components), flush=True)
     images[name] = []
     for row in rows:
@@ -29,7 +34,7 @@ for name, engines in dirs.items():
                                   samples=pipeline.manifest.sampler.default_samples)
         images[name].append(result.image)
 hr = [np.array(Image.open(data / "HR_256" / row["filename"])) for row in rows]
-diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(images["old"], images["new"])]
+diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(images["old"], images["new"], strict=True)]
 report = {
     "precision": precision,
     "files": [row["filename"] for row in rows],
@@ -37,8 +42,8 @@ report = {
     "pixels_differing": int(sum((d > 0).sum() for d in diffs)),
     "bit_identical": all(not d.any() for d in diffs),
     "psnr_old_vs_new_db": psnr(np.concatenate(images["new"]), np.concatenate(images["old"])),
-    "psnr_vs_hr_old": float(np.mean([psnr(i, h) for i, h in zip(images["old"], hr)])),
-    "psnr_vs_hr_new": float(np.mean([psnr(i, h) for i, h in zip(images["new"], hr)])),
+    "psnr_vs_hr_old": float(np.mean([psnr(i, h) for i, h in zip(images["old"], hr, strict=True)])),
+    "psnr_vs_hr_new": float(np.mean([psnr(i, h) for i, h in zip(images["new"], hr, strict=True)])),
 }
 print(json.dumps(report, indent=1))
 

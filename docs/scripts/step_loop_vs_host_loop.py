@@ -4,12 +4,15 @@ usage (from the repository root): python docs/scripts/step_loop_vs_host_loop.py 
 """
 import sys
 from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+
 from xraysr.service.manifest import load_manifest
 from xraysr.service.pipeline import SRPipeline
 from xraysr.service.runtimes.onnxruntime import OnnxRuntime
+
 
 class StepLoop(OnnxRuntime):
     """ONNX Runtime looping over unet_step, as TensorRT's device loop does (OnnxRuntime itself never loads it)."""
