@@ -1,32 +1,19 @@
-"""The serving half of the `xraysr` command: `serve` (the HTTP appliance) and `upscale` (files, in-process)."""
+"""The serving half of the `xraysr` command: its flags, `serve` (the HTTP appliance), `bench`, `loadtest` and
+`build-engines`; `upscale` and `shrink` (files in, files out) are in service/file_commands.py."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from xraysr.service.file_commands import INPUT_TYPES, settings_from, shrink_files, upscale_files
 from xraysr.service.manifest import MAX_SAMPLES
-from xraysr.service.settings import Settings, load_settings
-
-if TYPE_CHECKING:
-    from xraysr.service.pipeline import SRPipeline, UpscaleResult
-
-logger = logging.getLogger(__name__)
-
-INPUT_TYPES = {".png": "image/png", ".dcm": "application/dicom"}
-
-
-def _settings_from(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
-    """XRAYSR_* environment variables, overridden by whichever of these flags were given."""
-    return load_settings(**{name: getattr(args, name) for name in names})
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = _settings_from(
+    settings = settings_from(
         args,
         (
             "host",
@@ -56,150 +43,6 @@ def _serve(args: argparse.Namespace) -> int:
     # folder, checksum or precision into one line and a non-zero exit instead of a failed readiness probe.
     check_manifest(settings)
     return serve(settings)
-
-
-def _upscale(args: argparse.Namespace) -> int:
-    from xraysr.service.pipeline import check_samples
-
-    settings = _settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
-    if args.samples is not None:
-        check_samples(args.samples, "--samples")
-    source: Path = args.input
-    if args.uncertainty is not None and not source.is_file():
-        raise ValueError("--uncertainty writes one map: give one input file, not a folder")
-    if source.is_dir():
-        pairs = [
-            (path, args.output / f"{path.stem}.png")
-            for path in sorted(source.iterdir())
-            if path.is_file() and path.suffix.lower() in INPUT_TYPES
-        ]
-        if not pairs:
-            raise ValueError(f"{source} holds no {' or '.join(f'*{suffix}' for suffix in INPUT_TYPES)} files")
-        clashes = sorted({output.name for _, output in pairs if [o for _, o in pairs].count(output) > 1})
-        if clashes:
-            raise ValueError(f"{source} has inputs that would all be written to {', '.join(clashes)}; rename one")
-        args.output.mkdir(parents=True, exist_ok=True)
-    elif source.is_file():
-        output = args.output / f"{source.stem}.png" if args.output.is_dir() else args.output
-        pairs = [(source, output)]
-    else:
-        raise FileNotFoundError(f"input {source} does not exist")
-
-    from tqdm import tqdm
-
-    from xraysr.service.engine import load_pipeline
-
-    pipeline = load_pipeline(settings, warm_up=False)
-    sampler = pipeline.manifest.sampler
-    steps = sampler.default_steps if args.steps is None else args.steps
-    if not sampler.min_steps <= steps <= sampler.max_steps:
-        raise ValueError(f"--steps must be between {sampler.min_steps} and {sampler.max_steps}, got {steps}")
-    samples = sampler.default_samples if args.samples is None else args.samples
-    if samples == 1 and args.uncertainty is not None:
-        raise ValueError("--uncertainty needs --samples 2 or more: one sample has no spread")
-    failed = 0
-    for source_path, output_path in tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1):
-        try:
-            result, milliseconds = _upscale_file(
-                pipeline, source_path, output_path, steps, args.seed, samples, settings.dicom_uid_root
-            )
-            if args.uncertainty is not None:
-                _write_uncertainty(result, args.uncertainty)
-        except (ValueError, OSError) as error:
-            # One bad file must not cost the rest of a folder: report it, carry on, and fail at the end.
-            failed += 1
-            tqdm.write(f"xraysr upscale: error: {source_path}: {error}", file=sys.stderr)
-            continue
-        if len(pairs) == 1:
-            print(f"{output_path} ({_describe(result)}, {milliseconds:.0f} ms)")
-    if len(pairs) > 1:
-        print(f"upscaled {len(pairs) - failed} of {len(pairs)} files into {args.output}")
-    return 1 if failed else 0
-
-
-def _describe(result: UpscaleResult) -> str:
-    """ "25 steps, seed 3" or "25 steps, mean of 4 samples (seeds 3…6), uncertainty 1.80 grey levels"."""
-    from xraysr.service.sampler import sample_seeds
-
-    if result.uncertainty is None:
-        return f"{result.steps} steps, seed {result.seed}"
-    last = sample_seeds(result.seed, result.samples)[-1]
-    return (
-        f"{result.steps} steps, mean of {result.samples} samples (seeds {result.seed}…{last}), "
-        f"uncertainty {float(result.uncertainty.mean()):.2f} grey levels"
-    )
-
-
-def _write_uncertainty(result: UpscaleResult, path: Path) -> None:
-    from xraysr.service.uncertainty import uncertainty_png
-
-    if result.uncertainty is None:
-        raise ValueError("one sample has no uncertainty map")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(uncertainty_png(result.uncertainty))
-
-
-def _upscale_file(
-    pipeline: SRPipeline, source: Path, output: Path, steps: int, seed: int, samples: int, uid_root: str | None
-) -> tuple[UpscaleResult, float]:
-    """Writes a PNG, or for a .dcm ``output`` a DICOM Secondary Capture (service/dicom_out.py) of a DICOM input."""
-    from xraysr.service.dicom_out import read_source, secondary_capture
-    from xraysr.service.imaging import ImageError, decode_image, encode_png
-    from xraysr.service.provenance import provenance
-
-    started = time.perf_counter()
-    data = source.read_bytes()
-    as_dicom = output.suffix.lower() == ".dcm"
-    try:
-        decoded = decode_image(
-            data, INPUT_TYPES.get(source.suffix.lower()), expected_size=pipeline.manifest.image.lr_size
-        )
-        if as_dicom and decoded.source_format != "dicom":
-            raise ValueError(
-                f"{output.name}: a DICOM output needs a DICOM input (its patient and study tags are what the answer "
-                "is filed under); write a .png instead"
-            )
-        dicom_source = read_source(data) if as_dicom else None  # checked before the model runs
-    except ImageError as error:
-        raise ValueError(error.message) from error
-    result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed, samples=samples)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if dicom_source is not None:
-        output.write_bytes(secondary_capture(dicom_source, result, pipeline.manifest, uid_root))
-    else:
-        output.write_bytes(encode_png(result.image, provenance(pipeline.manifest, result)))
-    return result, 1000 * (time.perf_counter() - started)
-
-
-def _shrink(args: argparse.Namespace) -> int:
-    """Full-size X-rays → 64×64 inputs by the training recipe (service/shrink.py); a folder does every file."""
-    from xraysr.service.imaging import ImageError
-    from xraysr.service.shrink import RECIPE, shrink_file
-
-    source: Path = args.input
-    if source.is_dir():
-        inputs = sorted(path for path in source.iterdir() if path.is_file() and path.suffix.lower() in INPUT_TYPES)
-        if not inputs:
-            raise ValueError(f"{source} holds no {' or '.join(f'*{suffix}' for suffix in INPUT_TYPES)} files")
-        args.output.mkdir(parents=True, exist_ok=True)
-        pairs = [(path, args.output / f"{path.stem}.png") for path in inputs]
-    elif source.is_file():
-        pairs = [(source, args.output / f"{source.stem}.png" if args.output.is_dir() else args.output)]
-    else:
-        raise FileNotFoundError(f"input {source} does not exist")
-    failed = 0
-    for source_path, output_path in pairs:
-        try:
-            shrunk = shrink_file(source_path.read_bytes(), INPUT_TYPES.get(source_path.suffix.lower()))
-        except ImageError as error:
-            failed += 1  # one bad file must not cost the rest of a folder
-            print(f"xraysr shrink: error: {source_path}: {error.message}", file=sys.stderr)
-            continue
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        output_path.write_bytes(shrunk.png)
-        size = shrunk.pixels.shape[0]
-        print(f"{output_path} ({shrunk.original_width}x{shrunk.original_height} -> {size}x{size}: {RECIPE})")
-    return 1 if failed else 0
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -252,7 +95,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "(one input file, --samples 2 or more)",
     )
     _add_model_flags(upscale)
-    upscale.set_defaults(handler=_upscale)
+    upscale.set_defaults(handler=upscale_files)
 
     shrink = commands.add_parser(
         "shrink",
@@ -263,7 +106,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     shrink.add_argument(
         "-o", "--output", type=Path, required=True, help="output .png (or folder) for a file; a folder for a folder"
     )
-    shrink.set_defaults(handler=_shrink)
+    shrink.set_defaults(handler=shrink_files)
 
     bench = commands.add_parser("bench", help="per-stage latency p50/p95 and images/s: in-process, HTTP, PyTorch")
     bench.add_argument("--image", type=Path, help="a 64x64 PNG/DICOM to upscale (default: a synthetic ramp)")
@@ -319,7 +162,7 @@ def _build_engines(args: argparse.Namespace) -> int:
     from xraysr.service.engine import engine_max_batch
     from xraysr.service.runtimes.trt_build import EngineBuildError, Precision, build_all, current_device
 
-    settings = _settings_from(args, ("engines_dir", "model"))
+    settings = settings_from(args, ("engines_dir", "model"))
     max_batch = args.max_batch if args.max_batch is not None else engine_max_batch(settings)
     try:
         device = current_device()
@@ -373,7 +216,7 @@ def _bench(args: argparse.Namespace) -> int:
     from xraysr.service.pipeline import check_samples
 
     check_samples(args.samples, "--samples")
-    settings = _settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
+    settings = settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
     if args.image is not None:
         image = decode_image(args.image.read_bytes(), None).pixels
     else:
