@@ -22,10 +22,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from xraysr.service.imaging import encode_png
 from xraysr.service.pipeline import SRPipeline, Stopped, UpscaleResult
-from xraysr.service.provenance import provenance
-from xraysr.service.uncertainty import uncertainty_png
 
 
 class ShuttingDown(Exception):
@@ -37,7 +34,6 @@ class Job:
     pixels: np.ndarray
     steps: int
     seeds: Sequence[int]
-    spread_png: bool  # encode the uncertainty map too (only the JSON answer carries it)
     enqueued: float = field(default_factory=time.perf_counter)
     abandoned: threading.Event = field(default_factory=threading.Event)  # read by the worker thread
 
@@ -49,8 +45,6 @@ class Job:
 @dataclass
 class JobResult:
     result: UpscaleResult
-    png: bytes
-    spread_png: bytes | None
     batch_samples: int  # the engine batch this job ran in
 
     @property
@@ -184,7 +178,7 @@ class Batcher:
             self._slots.release()
 
     def _compute(self, jobs: list[Job]) -> list[JobResult]:
-        """In a worker thread: the batch through the engines, then each job's PNG(s)."""
+        """In a worker thread: the batch through the engines."""
         started = time.perf_counter()
 
         def should_stop() -> bool:
@@ -199,20 +193,10 @@ class Batcher:
                 raise ShuttingDown("the server is shutting down") from None
             raise
         samples = sum(job.samples for job in jobs)
+        # Encoding is each request's own work, after its fidelity guard (api/upscale.py): the batch's other
+        # clients do not wait for it, and an answer is encoded once, in the form it is sent.
         outcomes = []
         for job, result in zip(jobs, results, strict=True):
-            encode_started = time.perf_counter()
-            text = provenance(self.pipeline.manifest, result)
-            png = encode_png(result.image, text) if not job.abandoned.is_set() else b""
-            spread = (
-                uncertainty_png(result.uncertainty)
-                if job.spread_png and result.uncertainty is not None and png
-                else None
-            )
-            result.stage_seconds = {
-                "queue": started - job.enqueued,
-                **result.stage_seconds,
-                "png": time.perf_counter() - encode_started,
-            }
-            outcomes.append(JobResult(result=result, png=png, spread_png=spread, batch_samples=samples))
+            result.stage_seconds = {"queue": started - job.enqueued, **result.stage_seconds}
+            outcomes.append(JobResult(result=result, batch_samples=samples))
         return outcomes

@@ -15,6 +15,7 @@ Everything the page loads comes from this process, so it works on a hospital LAN
 from __future__ import annotations
 
 import base64
+import functools
 from importlib.resources import files
 from typing import Any
 
@@ -40,9 +41,15 @@ ASSETS = {
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
+@functools.cache
+def _read(name: str) -> bytes:
+    """A page file, read from the package once: it cannot change while the process runs."""
+    return (WEB / name).read_bytes()
+
+
 @router.get("/", include_in_schema=False)
 async def page() -> HTMLResponse:
-    return HTMLResponse((WEB / "index.html").read_text(encoding="utf-8"), headers=NO_CACHE)
+    return HTMLResponse(_read("index.html").decode("utf-8"), headers=NO_CACHE)
 
 
 @router.get("/ui/config", summary="What the web page's controls need: the served model's steps and samples ranges.")
@@ -67,7 +74,7 @@ async def config(pipeline: PipelineDep, settings: SettingsDep) -> dict[str, Any]
 async def asset(name: str) -> Response:
     if name not in ASSETS:
         return JSONResponse({"detail": f"no page asset named {name!r}"}, status_code=404)
-    return Response((WEB / name).read_bytes(), media_type=ASSETS[name], headers=NO_CACHE)
+    return Response(_read(name), media_type=ASSETS[name], headers=NO_CACHE)
 
 
 @router.post(

@@ -70,7 +70,7 @@ from xraysr.service.pipeline import UpscaleResult, check_samples
 from xraysr.service.provenance import DISCLAIMER, provenance
 from xraysr.service.sampler import SEED_MAX, sample_seeds
 from xraysr.service.settings import Settings
-from xraysr.service.uncertainty import UNCERTAINTY_SCALE
+from xraysr.service.uncertainty import UNCERTAINTY_SCALE, uncertainty_png
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["upscale"])
@@ -242,10 +242,10 @@ async def upscale(
             if wants_dicom(request):
                 source = await anyio.to_thread.run_sync(_dicom_source, data, decoded, limiter=admission.decoding)
             as_json = wants_json(request)
-            job = Job(pixels=decoded.pixels, steps=steps, seeds=sample_seeds(seed, samples), spread_png=as_json)
+            job = Job(pixels=decoded.pixels, steps=steps, seeds=sample_seeds(seed, samples))
             answer = await _answer_unless_disconnected(request, batcher, job)
-            answer, fidelity, bicubic_png = await anyio.to_thread.run_sync(
-                _fidelity_guard, decoded.pixels, answer, consistency, settings, pipeline.manifest, as_json
+            finished = await anyio.to_thread.run_sync(
+                _finish, decoded.pixels, answer.result, consistency, settings, pipeline.manifest, as_json, source
             )
     except ImageError as error:
         return JSONResponse({"detail": error.message}, status_code=error.status_code)
@@ -274,25 +274,14 @@ async def upscale(
     if deadline.cancelled_caught:
         return _abandoned(metrics, "deadline", deadline_s)
 
-    result = answer.result
-    stage_seconds = {"decode": decode_seconds, **answer.stage_seconds}
-    dicom = None
-    if source is not None:
-        enforced = f"projected onto its input, {BACK_PROJECTION_ITERATIONS} back-projection iterations"
-        dicom, stage_seconds["dicom"] = await anyio.to_thread.run_sync(
-            _secondary_capture,
-            source,
-            result,
-            pipeline.manifest,
-            settings.dicom_uid_root,
-            enforced if consistency == "enforce" else None,
-        )
+    result, fidelity = finished.result, finished.fidelity
+    stage_seconds = {"decode": decode_seconds, **result.stage_seconds}
     stage_seconds["total"] = time.perf_counter() - started
     metrics.observe_stages(stage_seconds)
     # The host stages always, in order; a GPU runtime adds its CUDA-event times ("denoise_gpu", …) after.
-    stage_ms = {
-        stage: 1000 * stage_seconds[stage] for stage in (*STAGES, *(s for s in stage_seconds if s not in STAGES))
-    }
+    # A DICOM answer has a "dicom" stage (after "total", with the GPU times) instead of "png".
+    order = (*(s for s in STAGES if s in stage_seconds), *(s for s in stage_seconds if s not in STAGES))
+    stage_ms = {stage: 1000 * stage_seconds[stage] for stage in order}
     manifest = pipeline.manifest
     headers = {
         "Server-Timing": server_timing(stage_ms),
@@ -306,18 +295,18 @@ async def upscale(
         headers["X-Input-Conversion"] = decoded.conversion
     headers.update(fidelity.headers())
     metrics.observe_consistency(fidelity.mode, fidelity.psnr_db)
-    if dicom is not None:
-        return Response(dicom, media_type="application/dicom", headers=headers)
+    if finished.dicom is not None:
+        return Response(finished.dicom, media_type="application/dicom", headers=headers)
     if as_json:
         return JSONResponse(
             {
-                "image_png_base64": base64.b64encode(answer.png).decode("ascii"),
+                "image_png_base64": base64.b64encode(finished.png).decode("ascii"),
                 "width": int(result.image.shape[1]),
                 "height": int(result.image.shape[0]),
                 "steps": result.steps,
                 "seed": result.seed,
                 "samples": result.samples,
-                **_uncertainty_fields(result, answer.spread_png),
+                **_uncertainty_fields(result, finished.spread_png),
                 "model_version": manifest.version,
                 "stage_ms": {stage: round(ms, 3) for stage, ms in stage_ms.items()},
                 "input_conversion": decoded.conversion,
@@ -325,13 +314,13 @@ async def upscale(
                 "consistency": fidelity.mode,
                 "lr_consistency_psnr": fidelity.psnr_db,
                 "lr_consistency_low": fidelity.low,
-                "bicubic_png_base64": base64.b64encode(bicubic_png or b"").decode("ascii"),
+                "bicubic_png_base64": base64.b64encode(finished.bicubic_png).decode("ascii"),
                 "software": f"xraysr {__version__}",
                 "disclaimer": DISCLAIMER,
             },
             headers=headers,
         )
-    return Response(answer.png, media_type="image/png", headers=headers)
+    return Response(finished.png, media_type="image/png", headers=headers)
 
 
 def _abandoned(metrics: ServiceMetrics, reason: str, deadline_s: float = 0.0) -> JSONResponse:
@@ -358,32 +347,53 @@ def _dicom_source(data: bytes, decoded: DecodedImage) -> DicomSource:
     return read_source(data)
 
 
-def _secondary_capture(
-    source: DicomSource, result: UpscaleResult, manifest: Manifest, uid_root: str | None, note: str | None
-) -> tuple[bytes, float]:
-    started = time.perf_counter()
-    dicom = secondary_capture(source, result, manifest, uid_root, note)
-    return dicom, time.perf_counter() - started
+@dataclasses.dataclass(frozen=True)
+class _Finished:
+    """One answer, checked against its input and encoded once, in the form it is sent."""
+
+    result: UpscaleResult  # its image projected for consistency=enforce
+    fidelity: FidelityReport
+    png: bytes  # empty for a DICOM answer
+    dicom: bytes | None
+    spread_png: bytes | None  # the uncertainty map, for the JSON answer
+    bicubic_png: bytes  # the baseline, for the JSON answer; else empty
 
 
-def _fidelity_guard(
-    lr: np.ndarray, answer: JobResult, mode: ConsistencyMode, settings: Settings, manifest: Manifest, bicubic: bool
-) -> tuple[JobResult, FidelityReport, bytes | None]:
-    """The answer checked against its input (service/consistency.py): projected and re-encoded for ``enforce``;
-    with the bicubic baseline's PNG when the JSON answer carries it. Its seconds are the "consistency" stage."""
+def _finish(
+    lr: np.ndarray,
+    result: UpscaleResult,
+    mode: ConsistencyMode,
+    settings: Settings,
+    manifest: Manifest,
+    as_json: bool,
+    source: DicomSource | None,
+) -> _Finished:
+    """In a worker thread, after the batch: the fidelity guard (service/consistency.py; the "consistency" stage),
+    then the one encoding the client asked for ("png", or "dicom" for a DICOM Secondary Capture)."""
     started = time.perf_counter()
-    image, fidelity = guard(lr, answer.result.image, mode, settings.lr_consistency_low_db)
-    result = answer.result
+    image, fidelity = guard(lr, result.image, mode, settings.lr_consistency_low_db)
     if mode == "enforce":
         result = dataclasses.replace(result, image=image)
-        text = {
-            **provenance(manifest, result),
-            "xraysr-consistency": f"enforce: {BACK_PROJECTION_ITERATIONS} back-projection iterations",
-        }
-        answer = dataclasses.replace(answer, result=result, png=encode_png(image, text))
-    bicubic_png = encode_png(bicubic_upscale(lr, manifest.image.hr_size)) if bicubic else None
-    result.stage_seconds = {**result.stage_seconds, "consistency": time.perf_counter() - started}
-    return answer, fidelity, bicubic_png
+    stage_seconds = {**result.stage_seconds, "consistency": time.perf_counter() - started}
+
+    started = time.perf_counter()
+    enforced = f"{BACK_PROJECTION_ITERATIONS} back-projection iterations" if mode == "enforce" else None
+    png, dicom, spread_png, bicubic_png = b"", None, None, b""
+    if source is not None:
+        note = f"projected onto its input, {enforced}" if enforced else None
+        dicom = secondary_capture(source, result, manifest, settings.dicom_uid_root, note)
+        stage_seconds["dicom"] = time.perf_counter() - started
+    else:
+        text = provenance(manifest, result)
+        if enforced:
+            text["xraysr-consistency"] = f"enforce: {enforced}"
+        png = encode_png(result.image, text)
+        if as_json:
+            spread_png = uncertainty_png(result.uncertainty) if result.uncertainty is not None else None
+            bicubic_png = encode_png(bicubic_upscale(lr, manifest.image.hr_size))
+        stage_seconds["png"] = time.perf_counter() - started
+    result.stage_seconds = stage_seconds
+    return _Finished(result, fidelity, png, dicom, spread_png, bicubic_png)
 
 
 def _uncertainty_fields(result: UpscaleResult, spread_png: bytes | None) -> dict[str, Any]:

@@ -240,6 +240,7 @@ class EngineBuildError(RuntimeError):
 def engine_keys(
     manifest: Manifest, device: Device, effective: Precision, workspace_mib: int, max_batch: int
 ) -> dict[str, EngineKey]:
+    served = served_components(manifest, device_loop=True)
     return {
         name: EngineKey(
             component=name,
@@ -253,7 +254,7 @@ def engine_keys(
             max_batch=max_batch,
         )
         for name, component in manifest.components.items()
-        if name in served_components(manifest, device_loop=True)
+        if name in served
     }
 
 

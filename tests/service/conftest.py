@@ -12,9 +12,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xraysr.service.manifest import read_manifest, write_manifest
 from xraysr.service.settings import Settings, load_settings
 
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
 SHARED_LR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr" / "LR_64"
+
+
+@pytest.fixture
+def model_with_int8(tmp_path: Path) -> Path:
+    """The default model's files and manifest.json, plus a manifest.int8.json of encoder, unet and decoder (no
+    step graph) whose UNet is marked int8, as `xraysr quantize` records it: the encoder and decoder stay float."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for file in DEFAULT_MODEL.iterdir():
+        (model_dir / file.name).symlink_to(file)
+    shipped = read_manifest(DEFAULT_MODEL, "int8")
+    components = {name: shipped.components[name] for name in ("encoder", "unet", "decoder")}
+    components["unet"] = components["unet"].model_copy(update={"precision": "int8"})
+    write_manifest(shipped.model_copy(update={"components": components}), model_dir, "int8")
+    return model_dir
 
 
 @pytest.fixture(scope="session")

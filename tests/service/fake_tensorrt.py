@@ -444,13 +444,10 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[int, ...]:
     return tuple(dim.dim_value if dim.HasField("dim_value") else -1 for dim in value.type.tensor_type.shape.dim)
 
 
-class OnnxParser:
-    def __init__(self, network: INetworkDefinition, logger: ILogger) -> None:
-        self.network, self.logger, self.errors = network, logger, []
-        trt = network.trt
-        # TensorRT 10 imports InstanceNormalization natively by default; 8.6 only with the flag; older never.
-        native = getattr(trt, "OnnxParserFlag", None)
-        self.flags: set[str] = {native.NATIVE_INSTANCENORM} if native and _version(trt) >= (10, 0) else set()
+class _Flags:
+    """set_flag / clear_flag / get_flag, as the parser and the builder config both have them."""
+
+    flags: set[str]
 
     def set_flag(self, flag: str) -> None:
         self.flags.add(flag)
@@ -460,6 +457,15 @@ class OnnxParser:
 
     def get_flag(self, flag: str) -> bool:
         return flag in self.flags
+
+
+class OnnxParser(_Flags):
+    def __init__(self, network: INetworkDefinition, logger: ILogger) -> None:
+        self.network, self.logger, self.errors = network, logger, []
+        trt = network.trt
+        # TensorRT 10 imports InstanceNormalization natively by default; 8.6 only with the flag; older never.
+        native = getattr(trt, "OnnxParserFlag", None)
+        self.flags = {native.NATIVE_INSTANCENORM} if native and _version(trt) >= (10, 0) else set()
 
     @property
     def num_errors(self) -> int:
@@ -544,22 +550,13 @@ def _device_tag() -> str:
     return f"{gpu.name()} {gpu.compute_capability()} {gpu.get_attribute(device_attribute.MULTIPROCESSOR_COUNT)}"
 
 
-class IBuilderConfig:
+class IBuilderConfig(_Flags):
     def __init__(self, builder: Builder) -> None:
         self.builder = builder
-        self.flags: set[str] = set()
+        self.flags = set()
         self.pools: dict[str, int] = {}
         self.profiles: list[IOptimizationProfile] = []
         self.timing_cache: ITimingCache | None = None
-
-    def set_flag(self, flag: str) -> None:
-        self.flags.add(flag)
-
-    def clear_flag(self, flag: str) -> None:
-        self.flags.discard(flag)
-
-    def get_flag(self, flag: str) -> bool:
-        return flag in self.flags
 
     def set_memory_pool_limit(self, pool: str, size: int) -> None:
         self.pools[pool] = size

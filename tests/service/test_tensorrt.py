@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from xraysr.service.cli import main
-from xraysr.service.manifest import MAX_SAMPLES, Manifest, load_manifest, read_manifest, write_manifest
+from xraysr.service.manifest import MAX_SAMPLES, Manifest, load_manifest
 from xraysr.service.pipeline import SRPipeline
 from xraysr.service.runtimes import DeviceLoop, load_runtime
 from xraysr.service.runtimes.onnxruntime import OnnxRuntime
@@ -61,19 +61,16 @@ def manifest() -> Manifest:
     return load_manifest(DEFAULT_MODEL)
 
 
-@pytest.fixture
-def model_with_int8(manifest: Manifest, tmp_path: Path) -> Path:
-    """The default model's files and manifest.json, plus a manifest.int8.json standing in for `xraysr quantize`."""
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    for file in DEFAULT_MODEL.iterdir():
-        (model_dir / file.name).symlink_to(file)
-    shipped = read_manifest(DEFAULT_MODEL, "int8")
-    components = {name: shipped.components[name] for name in ("encoder", "unet", "decoder")}
-    # What `xraysr quantize` records: the UNet's file holds the Q/DQ nodes, the encoder and decoder stay float.
-    components["unet"] = components["unet"].model_copy(update={"precision": "int8"})
-    write_manifest(shipped.model_copy(update={"components": components}), model_dir, "int8")
-    return model_dir
+def record_builds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """build_all's builder replaced by one that records (ONNX file, precision) and returns a dummy plan."""
+    built: list[tuple[str, str]] = []
+
+    def fake_build(onnx_path: Path, precision: str, *_: object) -> bytes:
+        built.append((onnx_path.name, precision))
+        return b"plan"
+
+    monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fake_build)
+    return built
 
 
 # --- cache keys -------------------------------------------------------------------------------------------
@@ -254,13 +251,7 @@ def test_build_all_keys_each_component_by_its_onnx_checksum(
 def test_int8_builds_the_quantized_files_on_an_orin_and_fp16_from_fp32_on_a_nano(
     model_with_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    built: list[tuple[str, str]] = []
-
-    def fake_build(onnx_path: Path, precision: str, *_: object) -> bytes:
-        built.append((onnx_path.name, precision))
-        return b"plan"
-
-    monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fake_build)
+    built = record_builds(monkeypatch)
     _, orin = build_all(model_with_int8, tmp_path / "orin", "int8", ORIN)
     # INT8 only for the Q/DQ file; the encoder and decoder at the FP32 that `xraysr quantize` measured.
     assert [(report.component, report.precision) for report in orin] == [
@@ -282,13 +273,7 @@ def test_int8_builds_the_quantized_files_on_an_orin_and_fp16_from_fp32_on_a_nano
 def test_the_shipped_int8_model_builds_its_step_graph_at_int8_and_the_rest_at_fp32(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    built: list[tuple[str, str]] = []
-
-    def fake_build(onnx_path: Path, precision: str, *_: object) -> bytes:
-        built.append((onnx_path.name, precision))
-        return b"plan"
-
-    monkeypatch.setattr("xraysr.service.runtimes.trt_build.build_engine", fake_build)
+    built = record_builds(monkeypatch)
     _, reports = build_all(DEFAULT_MODEL, tmp_path, "int8", ORIN)
     # manifest.int8.json marks unet and unet_step int8; only unet_step is built, at INT8 from its Q/DQ file.
     assert built == [("encoder.onnx", "fp32"), ("decoder.onnx", "fp32"), ("unet_step.int8.onnx", "int8")]

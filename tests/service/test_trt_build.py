@@ -43,20 +43,6 @@ def fakes(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> It
     fake_tensorrt.uninstall()
 
 
-@pytest.fixture
-def model_with_int8(tmp_path: Path) -> Path:
-    """The default model plus a manifest.int8.json whose UNet is marked int8, as `xraysr quantize` writes it."""
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    for file in DEFAULT_MODEL.iterdir():
-        (model_dir / file.name).symlink_to(file)
-    shipped = read_manifest(DEFAULT_MODEL, "int8")
-    components = {name: shipped.components[name] for name in ("encoder", "unet", "decoder")}
-    components["unet"] = components["unet"].model_copy(update={"precision": "int8"})
-    write_manifest(shipped.model_copy(update={"components": components}), model_dir, "int8")
-    return model_dir
-
-
 def plan_header(fakes: ModuleType, plan: bytes | Path) -> dict[str, object]:
     header, _ = fakes.read_plan(plan.read_bytes() if isinstance(plan, Path) else plan)
     return header  # type: ignore[no-any-return]
