@@ -1,9 +1,10 @@
-"""Dynamic batching, as Triton does it: concurrent upscales with the same step count run as one engine batch.
+"""Dynamic batching, as Triton does it: concurrent upscales of the same kind run as one engine batch.
 
 Every engine has a dynamic batch axis, and on a GPU a batch of 8 samples costs little more than one; on a CPU
 it still saves the per-call overhead. The batcher takes the oldest waiting job, waits up to ``max_delay_s``
-for others with its step count to join, and runs up to ``max_batch`` samples together
-(``SRPipeline.upscale_batch``). A job is never split, so a job of more samples than ``max_batch`` runs alone.
+for others of its kind (the one-pass estimate, or the loop at its step count) to join, and runs up to
+``max_batch`` rows together (``SRPipeline.estimate_batch`` or ``upscale_batch``; an estimate is one row, a loop
+of K samples K rows). A job is never split, so a job of more samples than ``max_batch`` runs alone.
 
 Each job keeps its own seeds, so its answer is byte-for-byte what it would have been alone. A job whose client
 has gone (disconnected, past its deadline) is dropped while it waits; a running batch stops between denoising
@@ -22,7 +23,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from xraysr.service.pipeline import SRPipeline, Stopped, UpscaleResult
+from xraysr.service.pipeline import Answer, SRPipeline, Stopped, UpscaleResult
 
 
 class ShuttingDown(Exception):
@@ -32,14 +33,21 @@ class ShuttingDown(Exception):
 @dataclass(eq=False)
 class Job:
     pixels: np.ndarray
-    steps: int
-    seeds: Sequence[int]
+    steps: int  # the loop's; 1 for an estimate
+    seeds: Sequence[int]  # one per sample; empty for an estimate
+    answer: Answer = "samples"
     enqueued: float = field(default_factory=time.perf_counter)
     abandoned: threading.Event = field(default_factory=threading.Event)  # read by the worker thread
 
     @property
     def samples(self) -> int:
-        return len(self.seeds)
+        """Engine rows: one per sample, one for an estimate."""
+        return 1 if self.answer == "estimate" else len(self.seeds)
+
+    @property
+    def kind(self) -> tuple[Answer, int]:
+        """Jobs of one kind can share a batch: the same answer and step count."""
+        return self.answer, self.steps
 
 
 @dataclass
@@ -125,7 +133,7 @@ class Batcher:
                 await self._wake.wait()
             first, _ = self._pending[0]
             wait_until = first.enqueued + self.max_delay_s
-            while self._samples_waiting(first.steps) < self.max_batch and first in self._jobs():
+            while self._samples_waiting(first.kind) < self.max_batch and first in self._jobs():
                 remaining = wait_until - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -134,21 +142,21 @@ class Batcher:
                     await self._wake.wait()
             if first not in self._jobs():
                 continue  # its client left while it waited for company: start over with the next one
-            return self._take(first.steps)
+            return self._take(first.kind)
 
     def _jobs(self) -> list[Job]:
         return [job for job, _ in self._pending]
 
-    def _samples_waiting(self, steps: int) -> int:
-        return sum(job.samples for job, _ in self._pending if job.steps == steps)
+    def _samples_waiting(self, kind: tuple[Answer, int]) -> int:
+        return sum(job.samples for job, _ in self._pending if job.kind == kind)
 
-    def _take(self, steps: int) -> list[tuple[Job, asyncio.Future[JobResult]]]:
-        """The oldest job and, in arrival order, every later one with its steps that still fits."""
+    def _take(self, kind: tuple[Answer, int]) -> list[tuple[Job, asyncio.Future[JobResult]]]:
+        """The oldest job and, in arrival order, every later one of its kind that still fits."""
         batch: list[tuple[Job, asyncio.Future[JobResult]]] = []
         total = 0
         for entry in list(self._pending):
             job, _ = entry
-            if job.steps == steps and (not batch or total + job.samples <= self.max_batch):
+            if job.kind == kind and (not batch or total + job.samples <= self.max_batch):
                 batch.append(entry)
                 total += job.samples
                 self._pending.remove(entry)
@@ -185,9 +193,12 @@ class Batcher:
             return self.stopping or all(job.abandoned.is_set() for job in jobs)
 
         try:
-            results = self.pipeline.upscale_batch(
-                [(job.pixels, job.seeds) for job in jobs], jobs[0].steps, should_stop=should_stop
-            )
+            if jobs[0].answer == "estimate":
+                results = self.pipeline.estimate_batch([job.pixels for job in jobs], should_stop=should_stop)
+            else:
+                results = self.pipeline.upscale_batch(
+                    [(job.pixels, job.seeds) for job in jobs], jobs[0].steps, should_stop=should_stop
+                )
         except Stopped:
             if self.stopping:
                 raise ShuttingDown("the server is shutting down") from None

@@ -20,7 +20,7 @@ import numpy as np
 from xraysr.service.imaging import encode_png
 from xraysr.service.local_server import local_server
 from xraysr.service.manifest import Precision, load_manifest, manifest_name
-from xraysr.service.pipeline import SRPipeline
+from xraysr.service.pipeline import AnswerPlan, SRPipeline
 from xraysr.service.runtimes import Backend, load_runtime
 
 # What the caller waited, measured by the bench itself: over HTTP it includes the server's own "total".
@@ -66,13 +66,20 @@ def _time(series: Series, runs: int, call: Callable[[], dict[str, float]]) -> Se
     return series
 
 
-def bench_in_process(pipeline: SRPipeline, image: np.ndarray, steps: int, runs: int, samples: int = 1) -> Series:
+def describe_plan(plan: AnswerPlan) -> str:
+    if plan.answer == "estimate":
+        return "the one-pass estimate (the default answer)"
+    averaged = f", {plan.samples} samples averaged per request" if plan.samples > 1 else ""
+    return f"the loop, {plan.steps} steps{averaged}"
+
+
+def bench_in_process(pipeline: SRPipeline, image: np.ndarray, plan: AnswerPlan, runs: int) -> Series:
     # Warm-up at the measured batch: first-run allocations are not what a user waits for.
-    pipeline.upscale(image, steps, seed=0, samples=samples)
+    pipeline.answer(image, plan, seed=0)
     return _time(
         Series("ONNX Runtime, in-process"),
         runs,
-        lambda: pipeline.upscale(image, steps, seed=1, samples=samples).stage_seconds,
+        lambda: pipeline.answer(image, plan, seed=1).stage_seconds,
     )
 
 
@@ -96,16 +103,16 @@ def bench_http(
     engines_dir: Path,
     model: str,
     image: np.ndarray,
-    steps: int,
+    plan: AnswerPlan,
     runs: int,
     threads: int | None,
     precision: str,
-    samples: int = 1,
 ) -> Series:
     """Starts `xraysr serve` on a free loopback port and times requests end to end."""
     import httpx
 
     body = encode_png(image)
+    params = {} if plan.answer == "estimate" else {"steps": plan.steps, "seed": 1, "samples": plan.samples}
     with (
         local_server(engines_dir, model, threads, precision=precision) as base_url,
         httpx.Client(base_url=base_url, timeout=60) as client,
@@ -114,13 +121,13 @@ def bench_http(
         def run() -> dict[str, float]:
             response = client.post(
                 "/upscale",
-                params={"steps": steps, "seed": 1, "samples": samples},
+                params=params,
                 content=body,
                 headers={"Content-Type": "image/png"},
             )
             response.raise_for_status()
             return {
-                entry.split(";")[0].strip(): float(entry.split("dur=")[1]) / 1000
+                entry.split(";")[0].strip(): float(entry.split("dur=")[1].split(";")[0]) / 1000
                 for entry in response.headers["Server-Timing"].split(",")
             }
 
@@ -128,11 +135,10 @@ def bench_http(
         return _time(Series(f"over HTTP (uvicorn, loopback), {precision}"), runs, run)
 
 
-def markdown(series: list[Series], command: str, steps: int, runs: int, samples: int = 1) -> str:
+def markdown(series: list[Series], command: str, plan: AnswerPlan, runs: int) -> str:
     # A request of K samples is one image made of K: its latency, not per sample.
-    averaged = f", {samples} samples averaged per request" if samples > 1 else ""
     lines = [
-        f"### {datetime.date.today():%Y-%m-%d} — {steps} steps{averaged}, {runs} runs each",
+        f"### {datetime.date.today():%Y-%m-%d} — {describe_plan(plan)}, {runs} runs each",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine_description()}",
@@ -157,32 +163,31 @@ def run_bench(
     engines_dir: Path,
     model: str,
     image: np.ndarray,
-    steps: int,
+    plan: AnswerPlan,
     runs: int,
     backend: Backend = "onnxruntime",
     threads: int | None = None,
     http: bool = True,
     checkpoint: Path | None = None,
     precision: Precision = "fp32",
-    samples: int = 1,
 ) -> list[Series]:
-    """In-process for ``precision`` (and for INT8 too when the model folder has it, so the two compare as a
-    ratio), then over HTTP and the PyTorch reference; each request averages ``samples`` samples, except the
-    PyTorch reference's, which is always one."""
+    """In-process for ``precision``, and for the other of FP32 and INT8 when the model folder has both, so the two
+    compare as a ratio measured in one run; then over HTTP (at ``precision``) and the PyTorch reference loop (one
+    sample, for a loop ``plan`` only)."""
     model_dir = engines_dir / model
-    int8: list[Precision] = ["int8"] if precision != "int8" and (model_dir / manifest_name("int8")).is_file() else []
-    precisions = [precision, *int8]
+    has_int8 = (model_dir / manifest_name("int8")).is_file()
+    others: list[Precision] = [other for other in ("fp32", "int8") if other != precision and (other != "int8" or has_int8)]
     series = []
-    for each in precisions:
+    for each in [precision, *others]:
         manifest = load_manifest(model_dir, each)
         pipeline = SRPipeline(manifest, load_runtime(backend, manifest, model_dir, threads))
-        entry = bench_in_process(pipeline, image, steps, runs, samples)
+        entry = bench_in_process(pipeline, image, plan, runs)
         entry.name = f"{entry.name}, {each}"
         series.append(entry)
     if http:
-        series.append(bench_http(engines_dir, model, image, steps, runs, threads, precision, samples))
-    if checkpoint is not None:
-        reference = bench_torch_reference(checkpoint, image, steps, runs)
-        reference.name += ", one sample" if samples > 1 else ""
+        series.append(bench_http(engines_dir, model, image, plan, runs, threads, precision))
+    if checkpoint is not None and plan.answer == "samples":
+        reference = bench_torch_reference(checkpoint, image, plan.steps, runs)
+        reference.name += ", one sample" if plan.samples > 1 else ""
         series.append(reference)
     return series

@@ -81,12 +81,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="output .png (or folder) for a file, or .dcm for a DICOM input: a DICOM Secondary Capture in the "
         "input's study (one new series per invocation and study); a folder for a folder",
     )
-    upscale.add_argument("--steps", type=int, help="denoising steps (default: the manifest's)")
-    upscale.add_argument("--seed", type=int, default=0, help="noise seed (default 0: reruns give identical files)")
+    upscale.add_argument(
+        "--steps",
+        type=int,
+        help="run the reverse-diffusion loop with this many steps (with neither --steps nor --samples: the model's "
+        "default answer, the one-pass estimate)",
+    )
+    upscale.add_argument(
+        "--seed", type=int, default=0, help="the loop's noise seed (default 0: reruns give identical files)"
+    )
     upscale.add_argument(
         "--samples",
         type=int,
-        help=f"average this many diffusion samples, seeds SEED, SEED+1, … (1-{MAX_SAMPLES}; default: the manifest's)",
+        help=f"run the loop and average this many diffusion samples, seeds SEED, SEED+1, … (1-{MAX_SAMPLES}; with "
+        "--steps alone: the manifest's default_samples)",
     )
     upscale.add_argument(
         "--uncertainty",
@@ -110,9 +118,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     bench = commands.add_parser("bench", help="per-stage latency p50/p95 and images/s: in-process, HTTP, PyTorch")
     bench.add_argument("--image", type=Path, help="a 64x64 PNG/DICOM to upscale (default: a synthetic ramp)")
-    bench.add_argument("--steps", type=int, default=25)
+    bench.add_argument("--steps", type=int, help="time the loop at these steps (default: the model's default answer)")
     bench.add_argument("--runs", type=int, default=20)
-    bench.add_argument("--samples", type=int, default=1, help=f"samples averaged per request (1-{MAX_SAMPLES})")
+    bench.add_argument(
+        "--samples", type=int, help=f"time the loop, this many samples averaged per request (1-{MAX_SAMPLES})"
+    )
     bench.add_argument("--no-http", action="store_true", help="skip the over-HTTP measurement")
     bench.add_argument(
         "--flops", action="store_true", help="add FLOPs/bytes per stage and Jetson estimates (needs onnx)"
@@ -213,10 +223,14 @@ def _bench(args: argparse.Namespace) -> int:
 
     from xraysr.service.bench import markdown, run_bench
     from xraysr.service.imaging import decode_image
-    from xraysr.service.pipeline import check_samples
+    from xraysr.service.manifest import read_manifest
+    from xraysr.service.pipeline import choose_answer
 
-    check_samples(args.samples, "--samples")
     settings = settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
+    try:
+        plan = choose_answer(read_manifest(settings.model_dir).sampler, args.steps, args.samples)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from error
     if args.image is not None:
         image = decode_image(args.image.read_bytes(), None).pixels
     else:
@@ -226,22 +240,21 @@ def _bench(args: argparse.Namespace) -> int:
         settings.engines_dir,
         settings.model,
         image,
-        steps=args.steps,
+        plan,
         runs=args.runs,
-        samples=args.samples,
         backend=settings.backend,
         threads=settings.threads,
         http=not args.no_http,
         checkpoint=args.checkpoint,
-        precision=settings.precision,
+        precision=settings.served_precision,
     )
     command = "xraysr bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "xraysr bench"
-    report = markdown(series, command, args.steps, args.runs, args.samples)
+    report = markdown(series, command, plan, args.runs)
     if args.flops:
         from xraysr.service.flops import estimate_table
         from xraysr.service.manifest import load_manifest
 
-        report += "\n" + estimate_table(load_manifest(settings.model_dir), settings.model_dir, args.steps)
+        report += "\n" + estimate_table(load_manifest(settings.model_dir), settings.model_dir, plan.steps)
     print(report)
     if args.write is not None:
         with args.write.open("a") as handle:
@@ -253,5 +266,8 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engines-dir", type=Path, help="folder of engines/<model> folders (default engines)")
     parser.add_argument("--model", help="model folder name (default cxr-default)")
     parser.add_argument("--backend", help="onnxruntime (default) or tensorrt")
-    parser.add_argument("--precision", help="fp32 (default), fp16 or int8: must match the manifest")
+    parser.add_argument(
+        "--precision",
+        help="auto (default: int8 on a CPU with VNNI or AMX when the model has it, else fp32), fp32, fp16 or int8",
+    )
     parser.add_argument("--threads", type=int, help="intra-op threads per inference (default: the runtime's)")

@@ -285,15 +285,10 @@ def series_number(series_uid: str) -> int:
 
 def derivation_description(result: UpscaleResult, manifest: Manifest, note: str | None = None) -> str:
     """DerivationDescription (ST, 1024 characters): what made the image and that it is synthetic."""
-    from xraysr.service.sampler import sample_seeds
-
-    seeds = sample_seeds(result.seed, result.samples)
-    seed_text = f"seed {seeds[0]}" if result.samples == 1 else f"seeds {seeds[0]} to {seeds[-1]}"
     size = manifest.image.lr_size
     text = (
         f"xraysr {__version__}, model {manifest.model} {manifest.version} ({manifest.precision}): "
-        f"{manifest.image.hr_size // size}x super-resolution of a {size}x{size} image, {result.steps} DDIM steps, "
-        f"{result.samples} sample{'s' if result.samples > 1 else ''} averaged, {seed_text}"
+        f"{manifest.image.hr_size // size}x super-resolution of a {size}x{size} image, {result.describe()}"
         f"{'; ' + note if note else ''}. {DISCLAIMER}"
     )
     if len(text) > MAX_ST_LENGTH:

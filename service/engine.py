@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 import numpy as np
 
 from xraysr.service.manifest import MAX_SAMPLES, Manifest, load_manifest, manifest_name
-from xraysr.service.pipeline import SRPipeline
+from xraysr.service.pipeline import SRPipeline, choose_answer
 from xraysr.service.runtimes import load_runtime
 from xraysr.service.settings import Settings
 
@@ -21,11 +22,11 @@ def check_manifest(settings: Settings) -> Manifest:
     fp32 reads manifest.json, int8 manifest.int8.json; fp16 also reads manifest.json, because TensorRT builds
     FP16 engines from the FP32 ONNX (Settings refuses fp16 on onnxruntime before this runs).
     """
-    manifest = load_manifest(settings.model_dir, settings.precision)
+    manifest = load_manifest(settings.model_dir, settings.served_precision)
     accepted = ("fp32", "fp16") if settings.precision == "fp16" else (settings.precision,)
     if manifest.precision not in accepted:
         raise ValueError(
-            f"{settings.model_dir / manifest_name(settings.precision)} says precision {manifest.precision}; "
+            f"{settings.model_dir / manifest_name(settings.served_precision)} says precision {manifest.precision}; "
             f"--precision {settings.precision} needs {' or '.join(accepted)}: re-export (`xraysr export`) or "
             "re-quantize (`xraysr quantize`) the model"
         )
@@ -47,7 +48,7 @@ def load_pipeline(settings: Settings, warm_up: bool = True) -> SRPipeline:
         manifest,
         settings.model_dir,
         settings.threads,
-        settings.precision,
+        settings.served_precision,
         settings.trt_cache_dir,
         max_batch,
     )
@@ -55,16 +56,19 @@ def load_pipeline(settings: Settings, warm_up: bool = True) -> SRPipeline:
     if warm_up:
         started = time.perf_counter()
         size = manifest.image.lr_size
-        # At the default batch: ONNX Runtime allocates per input shape, and that is the shape most requests have.
-        warm_up_samples = manifest.sampler.default_samples
-        pipeline.upscale(np.zeros((size, size), np.uint8), manifest.sampler.min_steps, seed=0, samples=warm_up_samples)
+        # The default answer's shape: ONNX Runtime allocates per input shape, and most requests have that one.
+        blank = np.zeros((size, size), np.uint8)
+        plan = choose_answer(manifest.sampler)
+        pipeline.answer(blank, dataclasses.replace(plan, steps=manifest.sampler.min_steps) if plan.samples else plan, 0)
         logger.info("warm-up upscale took %.0f ms", 1000 * (time.perf_counter() - started))
     logger.info(
-        "loaded %s %s (%s, %s) from %s",
+        "loaded %s %s (%s, %s; precision %s; default answer: %s) from %s",
         manifest.model,
         manifest.version,
         runtime.backend,
         manifest.precision,
+        settings.precision_choice,
+        manifest.sampler.default_answer,
         settings.model_dir,
     )
     return pipeline

@@ -58,7 +58,7 @@ def needs_of(args: argparse.Namespace) -> list[Needs]:
     needs: list[Needs] = []
     if command in {"train-vae", "train", "evaluate"}:
         needs.append(Needs(TRAINING, INSTALL_HINT["train"]))
-    elif command == "export":
+    elif command in {"export", "import-engines"}:
         needs.append(Needs((*TRAINING, "onnx"), INSTALL_HINT["train"]))
     elif command == "prepare":
         needs.append(Needs(("cv2",), INSTALL_HINT["train"]))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from xraysr.service.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from xraysr.service.pipeline import SRPipeline, UpscaleResult
+    from xraysr.service.pipeline import AnswerPlan, SRPipeline, UpscaleResult
 
 INPUT_TYPES = {".png": "image/png", ".dcm": "application/dicom"}
 
@@ -23,7 +23,7 @@ def settings_from(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
 
 def upscale_files(args: argparse.Namespace) -> int:
     """`xraysr upscale`: a PNG/DICOM file, or every *.png/*.dcm of a folder, through the pipeline in-process."""
-    from xraysr.service.pipeline import check_samples
+    from xraysr.service.pipeline import check_samples, choose_answer
 
     settings = settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
     if args.samples is not None:
@@ -54,18 +54,17 @@ def upscale_files(args: argparse.Namespace) -> int:
     from xraysr.service.engine import load_pipeline
 
     pipeline = load_pipeline(settings, warm_up=False)
-    sampler = pipeline.manifest.sampler
-    steps = sampler.default_steps if args.steps is None else args.steps
-    if not sampler.min_steps <= steps <= sampler.max_steps:
-        raise ValueError(f"--steps must be between {sampler.min_steps} and {sampler.max_steps}, got {steps}")
-    samples = sampler.default_samples if args.samples is None else args.samples
-    if samples == 1 and args.uncertainty is not None:
+    try:
+        plan = choose_answer(pipeline.manifest.sampler, args.steps, args.samples)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from error
+    if plan.samples < 2 and args.uncertainty is not None:
         raise ValueError("--uncertainty needs --samples 2 or more: one sample has no spread")
     failed = 0
     for source_path, output_path in tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1):
         try:
             result, milliseconds = _upscale_file(
-                pipeline, source_path, output_path, steps, args.seed, samples, settings.dicom_uid_root
+                pipeline, source_path, output_path, plan, args.seed, settings.dicom_uid_root
             )
             if args.uncertainty is not None:
                 _write_uncertainty(result, args.uncertainty)
@@ -82,16 +81,10 @@ def upscale_files(args: argparse.Namespace) -> int:
 
 
 def _describe(result: UpscaleResult) -> str:
-    """ "25 steps, seed 3" or "25 steps, mean of 4 samples (seeds 3…6), uncertainty 1.80 grey levels"."""
-    from xraysr.service.sampler import sample_seeds
-
+    """What made the file, and for several samples their mean spread in grey levels."""
     if result.uncertainty is None:
-        return f"{result.steps} steps, seed {result.seed}"
-    last = sample_seeds(result.seed, result.samples)[-1]
-    return (
-        f"{result.steps} steps, mean of {result.samples} samples (seeds {result.seed}…{last}), "
-        f"uncertainty {float(result.uncertainty.mean()):.2f} grey levels"
-    )
+        return result.describe()
+    return f"{result.describe()}, uncertainty {float(result.uncertainty.mean()):.2f} grey levels"
 
 
 def _write_uncertainty(result: UpscaleResult, path: Path) -> None:
@@ -104,7 +97,7 @@ def _write_uncertainty(result: UpscaleResult, path: Path) -> None:
 
 
 def _upscale_file(
-    pipeline: SRPipeline, source: Path, output: Path, steps: int, seed: int, samples: int, uid_root: str | None
+    pipeline: SRPipeline, source: Path, output: Path, plan: AnswerPlan, seed: int, uid_root: str | None
 ) -> tuple[UpscaleResult, float]:
     """Writes a PNG, or for a .dcm ``output`` a DICOM Secondary Capture (service/dicom_out.py) of a DICOM input."""
     from xraysr.service.dicom_out import read_source, secondary_capture
@@ -126,7 +119,7 @@ def _upscale_file(
         dicom_source = read_source(data) if as_dicom else None  # checked before the model runs
     except ImageError as error:
         raise ValueError(error.message) from error
-    result = pipeline.upscale(decoded.pixels, steps=steps, seed=seed, samples=samples)
+    result = pipeline.answer(decoded.pixels, plan, seed)
     output.parent.mkdir(parents=True, exist_ok=True)
     if dicom_source is not None:
         output.write_bytes(secondary_capture(dicom_source, result, pipeline.manifest, uid_root))

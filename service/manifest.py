@@ -85,6 +85,12 @@ class SamplerSpec(_Contract):
         le=MAX_SAMPLES,
         description="Samples averaged when a request names none; absent in manifests written before it existed.",
     )
+    default_answer: Literal["estimate", "samples"] = Field(
+        "samples",
+        description="What a request that names no steps or samples gets: 'estimate', the UNet's one-pass x0 "
+        "estimate (service/pipeline.py); 'samples', the loop at default_steps and default_samples (manifests "
+        "written before the estimate existed).",
+    )
     final_timestep: int | None = Field(
         None,
         ge=0,

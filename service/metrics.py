@@ -83,6 +83,15 @@ class ServiceMetrics:
         )
         for mode in ("report", "enforce"):
             self.lr_consistency.labels(mode=mode)
+        self.answers = Counter(
+            "xraysr_upscale_answers",
+            "Upscales answered with an image, by answer: estimate (the one-pass default) or samples (the "
+            "reverse-diffusion loop, asked for with steps or samples).",
+            ["answer"],
+            registry=self.registry,
+        )
+        for answer in ("estimate", "samples"):
+            self.answers.labels(answer=answer)
         self.model_info = Gauge(
             "xraysr_model_info",
             "The model being served (always 1).",

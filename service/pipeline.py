@@ -1,7 +1,10 @@
-"""encode → denoise loop → decode, backend-agnostic and timed per stage (diffusers' pipeline __call__ shape).
+"""encode → denoise → decode, backend-agnostic and timed per stage (diffusers' pipeline __call__ shape).
 
-``samples=K`` runs K diffusion samples of one image as one batch of K through the UNet loop and the decoder
-(the encoder once), and answers their posterior mean with the per-pixel spread beside it (service/uncertainty.py).
+Two answers, one pipeline. ``estimate`` is the default: the UNet's x0 prediction at the last timestep from a
+zero latent (the mean of x_T), one network pass, the same bytes whatever the seed — the posterior-mean estimate
+the model was trained to give there. ``upscale`` runs the reverse-diffusion loop: K diffusion samples of one
+image as one batch of K through the UNet loop and the decoder (the encoder once), answering their mean with the
+per-pixel spread beside it (service/uncertainty.py). Both share encode, denoise and decode below.
 """
 
 from __future__ import annotations
@@ -9,23 +12,40 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from xraysr.service.manifest import MAX_SAMPLES, Manifest
+from xraysr.service.manifest import MAX_SAMPLES, Manifest, SamplerSpec
 from xraysr.service.runtimes import DeviceLoop, Runtime
-from xraysr.service.sampler import DDIMSampler, initial_noise, sample_seeds
+from xraysr.service.sampler import DDIMSampler, estimate_input, initial_noise, sample_seeds
 from xraysr.service.uncertainty import mean_and_spread
+
+# "estimate": one network pass, no noise drawn; "samples": the mean of K reverse-diffusion samples.
+Answer = Literal["estimate", "samples"]
 
 
 @dataclass
 class UpscaleResult:
-    image: np.ndarray  # uint8, hr_size × hr_size: the mean of the samples
-    steps: int
-    seed: int  # the first sample's; sample k had seed + k (service.sampler.sample_seeds)
-    samples: int
-    uncertainty: np.ndarray | None  # float32 per-pixel std across the samples in grey levels; None for one
+    image: np.ndarray  # uint8, hr_size × hr_size: the estimate, or the mean of the samples
+    steps: int  # network passes per image: 1 for the estimate
+    seed: int | None  # the first sample's (sample k had seed + k, service.sampler.sample_seeds); None: estimate
+    samples: int  # diffusion samples averaged: 0 for the estimate, which draws none
+    uncertainty: np.ndarray | None  # float32 per-pixel std across the samples in grey levels; None below two
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def answer(self) -> Answer:
+        return "estimate" if self.seed is None else "samples"
+
+    def describe(self) -> str:
+        """What made this image, in words: for PNG provenance, DICOM DerivationDescription and the CLI."""
+        if self.seed is None:
+            return "the one-pass estimate (the network's posterior mean, no noise drawn)"
+        seeds = sample_seeds(self.seed, self.samples)
+        if self.samples == 1:
+            return f"{self.steps} DDIM steps, seed {seeds[0]}"
+        return f"{self.steps} DDIM steps, mean of {self.samples} samples, seeds {seeds[0]} to {seeds[-1]}"
 
 
 class Stopped(Exception):
@@ -38,6 +58,30 @@ def to_model_range(pixels: np.ndarray) -> np.ndarray:
 
 def to_pixels(values: np.ndarray) -> np.ndarray:
     return np.round((np.clip(values, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class AnswerPlan:
+    """Which answer a request gets, and at what cost: the estimate is one pass (steps 1, samples 0)."""
+
+    answer: Answer
+    steps: int
+    samples: int
+
+
+def choose_answer(
+    spec: SamplerSpec, steps: int | None = None, samples: int | None = None, model: str = ""
+) -> AnswerPlan:
+    """The one rule for the route, the CLI and every other caller: naming ``steps`` or ``samples`` asks for the
+    reverse-diffusion loop (the other taken from the manifest's defaults); naming neither gets the manifest's
+    ``default_answer``. Raises ValueError, naming the range (and ``model``), for a count the model does not take."""
+    if steps is None and samples is None and spec.default_answer == "estimate":
+        return AnswerPlan("estimate", 1, 0)
+    steps = spec.default_steps if steps is None else steps
+    if not spec.min_steps <= steps <= spec.max_steps:
+        of_model = f" for model {model}" if model else ""
+        raise ValueError(f"steps must be between {spec.min_steps} and {spec.max_steps}{of_model}, got {steps}")
+    return AnswerPlan("samples", steps, check_samples(spec.default_samples if samples is None else samples))
 
 
 def check_samples(samples: int, name: str = "samples") -> int:
@@ -67,6 +111,24 @@ class SRPipeline:
         """``upscale`` with one explicit seed per sample: the batch is ``len(seeds)`` samples."""
         return self.upscale_batch([(lr_image, seeds)], steps)[0]
 
+    def answer(self, lr_image: np.ndarray, plan: AnswerPlan, seed: int) -> UpscaleResult:
+        """What ``plan`` asks for: the estimate (``seed`` unused), or the mean of its samples from ``seed``."""
+        if plan.answer == "estimate":
+            return self.estimate(lr_image)
+        return self.upscale(lr_image, plan.steps, seed, plan.samples)
+
+    def estimate(self, lr_image: np.ndarray) -> UpscaleResult:
+        """An ``lr_size²`` uint8 image → the model's one-pass estimate, with seconds per stage."""
+        return self.estimate_batch([lr_image])[0]
+
+    def estimate_batch(
+        self, lr_images: Sequence[np.ndarray], should_stop: Callable[[], bool] | None = None
+    ) -> list[UpscaleResult]:
+        """The one-pass estimate of several images as one engine batch; each equals ``estimate`` of it alone."""
+        sampler = DDIMSampler(self.manifest.sampler)
+        timesteps = sampler.set_estimate()
+        return self._run([(image, None) for image in lr_images], sampler, timesteps, should_stop)
+
     def upscale_batch(
         self,
         items: Sequence[tuple[np.ndarray, Sequence[int]]],
@@ -80,14 +142,25 @@ class SRPipeline:
         denoising step; when it answers True the loop ends with ``Stopped`` (all of the batch's clients left).
         Stage times are the batch's, shared by its images.
         """
+        for _, seeds in items:
+            check_samples(len(seeds))
+        sampler = DDIMSampler(self.manifest.sampler)
+        return self._run(items, sampler, sampler.set_timesteps(steps), should_stop)
+
+    def _run(
+        self,
+        items: Sequence[tuple[np.ndarray, Sequence[int] | None]],
+        sampler: DDIMSampler,
+        timesteps: np.ndarray,
+        should_stop: Callable[[], bool] | None,
+    ) -> list[UpscaleResult]:
+        """Images with their seeds (None: the estimate, one row from ``estimate_input``) through the engines."""
         size = self.manifest.image.lr_size
-        for lr_image, seeds in items:
+        for lr_image, _ in items:
             if lr_image.dtype != np.uint8 or lr_image.shape != (size, size):
                 raise ValueError(f"expected a {size}x{size} uint8 image, got {lr_image.dtype} {lr_image.shape}")
-            check_samples(len(seeds))
-        counts = [len(seeds) for _, seeds in items]
-        latent, sampler = self.manifest.latent, DDIMSampler(self.manifest.sampler)
-        timesteps = sampler.set_timesteps(steps)
+        counts = [1 if seeds is None else len(seeds) for _, seeds in items]
+        latent = self.manifest.latent
         stage_seconds: dict[str, float] = {}
         device_seconds: dict[str, float] = {}
 
@@ -99,10 +172,16 @@ class SRPipeline:
         stage_seconds["encode"] = time.perf_counter() - started
         self._device_time(device_seconds, "encode_gpu", "encoder")
 
-        # 2. denoise: x_T ~ N(0, I) for each sample's seed, then the DDIM loop on the scaled residual, as one batch
+        # 2. denoise: x_T ~ N(0, I) for each sample's seed (a zero latent for an estimate), then the DDIM loop on
+        # the scaled residual, as one batch; the estimate's "loop" is its single step to alpha = 1, x0 itself
         started = time.perf_counter()
-        seeds = [seed for _, item_seeds in items for seed in item_seeds]
-        sample = np.concatenate([initial_noise(lr_latent[:1].shape, seed) for seed in seeds])
+        shape = lr_latent[:1].shape
+        sample = np.concatenate(
+            [
+                estimate_input(shape) if seeds is None else np.concatenate([initial_noise(shape, s) for s in seeds])
+                for _, seeds in items
+            ]
+        )
         if "unet_step" in self.manifest.components and isinstance(self.runtime, DeviceLoop):
             # The same update inside the graph (training/export.py's unet_step): the loop stays on the GPU, so
             # it cannot stop between steps.
@@ -124,9 +203,10 @@ class SRPipeline:
         for (_, item_seeds), count in zip(items, counts, strict=True):
             mean, spread = mean_and_spread(hr_images[first : first + count])
             first += count
+            seed, samples = (None, 0) if item_seeds is None else (item_seeds[0], count)
             results.append(
                 UpscaleResult(
-                    image=to_pixels(mean), steps=steps, seed=item_seeds[0], samples=count, uncertainty=spread
+                    image=to_pixels(mean), steps=len(timesteps), seed=seed, samples=samples, uncertainty=spread
                 )
             )
         stage_seconds["vae_decode"] = time.perf_counter() - started

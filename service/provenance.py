@@ -9,25 +9,24 @@ from __future__ import annotations
 from xraysr.service import __version__
 from xraysr.service.manifest import Manifest
 from xraysr.service.pipeline import UpscaleResult
-from xraysr.service.sampler import sample_seeds
 
 DISCLAIMER = "Synthetic image made by a super-resolution model, not acquired; not for diagnosis."
 
 
 def provenance(manifest: Manifest, result: UpscaleResult) -> dict[str, str]:
-    seeds = sample_seeds(result.seed, result.samples)
-    if result.samples == 1:
-        made_of = f"seed {seeds[0]}"
-    else:
-        made_of = f"mean of {result.samples} samples, seeds {seeds[0]} to {seeds[-1]}"
-    return {
+    """The text chunks of an answer's PNG. The estimate's carry no seed: it draws no noise, and its bytes are
+    the same for every seed a client sends."""
+    text = {
         "Software": f"xraysr {__version__}",
         "Source": f"{manifest.model} {manifest.version} ({manifest.precision})",
         "Description": f"4x super-resolution of a {manifest.image.lr_size}x{manifest.image.lr_size} chest X-ray: "
-        f"{result.steps} DDIM steps, {made_of}",
+        f"{result.describe()}",
         "Disclaimer": DISCLAIMER,
         "xraysr-model-version": manifest.version,
+        "xraysr-answer": result.answer,
         "xraysr-steps": str(result.steps),
         "xraysr-samples": str(result.samples),
-        "xraysr-seed": str(result.seed),
     }
+    if result.seed is not None:
+        text["xraysr-seed"] = str(result.seed)
+    return text

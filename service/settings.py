@@ -10,11 +10,12 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from xraysr.service.cpu_features import auto_precision, cpu_flags
 from xraysr.service.dicom_uids import check_uid_root
-from xraysr.service.manifest import MANIFEST_NAME, MAX_SAMPLES, manifest_name
+from xraysr.service.manifest import MANIFEST_NAME, MAX_SAMPLES, Precision, manifest_name
 from xraysr.service.validation import describe_validation_error
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -51,6 +52,7 @@ class SettingsError(ValueError):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XRAYSR_", extra="forbid", frozen=True)
+    _precision_choice: str = PrivateAttr("set")
 
     host: str = Field("127.0.0.1", min_length=1, description="Loopback by default: exposing it is a choice.")
     port: int = Field(8000, ge=1, le=65535)
@@ -59,8 +61,10 @@ class Settings(BaseSettings):
     )
     model: str = Field("cxr-default", pattern=r"^[A-Za-z0-9_.-]+$", description="engines_dir/<model> is served.")
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    precision: Literal["fp32", "fp16", "int8"] = Field(
-        "fp32", description="fp32 serves manifest.json, int8 manifest.int8.json (`xraysr quantize`)."
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto",
+        description="fp32 serves manifest.json, int8 manifest.int8.json (`xraysr quantize`); auto: int8 on a CPU "
+        "with VNNI or AMX when the model has it, else fp32 (service/cpu_features.py). Resolved when settings load.",
     )
     threads: int | None = Field(None, ge=1, description="Intra-op threads per inference; None lets the runtime pick.")
     max_concurrent_requests: int = Field(1, ge=1, description="Batches running at once.")
@@ -148,11 +152,27 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def served_precision(self) -> Precision:
+        """``precision`` with auto resolved (the validator resolves it before anything can read it)."""
+        if self.precision == "auto":
+            raise RuntimeError("precision auto was not resolved")
+        return self.precision
+
+    @property
+    def precision_choice(self) -> str:
+        """How the precision was chosen: "auto: int8, this CPU has avx512_vnni", or "set" when it was named."""
+        return self._precision_choice
+
     @model_validator(mode="after")
     def _model_dir_holds_a_manifest(self) -> Settings:
+        if self.precision == "auto":
+            has_int8 = (self.model_dir / manifest_name("int8")).is_file()
+            precision, self._precision_choice = auto_precision(self.backend, has_int8, cpu_flags())
+            object.__setattr__(self, "precision", precision)  # frozen: resolved once, here, before anything reads it
         if self.precision == "fp16" and self.backend == "onnxruntime":
             raise ValueError(FP16_NEEDS_TENSORRT)
-        name = manifest_name(self.precision)
+        name = manifest_name(self.served_precision)
         if name != MANIFEST_NAME and self.model_dir.is_dir() and not (self.model_dir / name).is_file():
             raise ValueError(
                 f"model folder {self.model_dir} has no {name} for --precision {self.precision}; "

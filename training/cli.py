@@ -43,6 +43,7 @@ def _prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         hr_interpolation=args.hr_interpolation,
+        keep_splits=args.keep_splits,
     )
     print(json.dumps(report.to_dict() if hasattr(report, "to_dict") else report, indent=2, default=str))
     return 0
@@ -101,6 +102,7 @@ def _evaluate_served(args: argparse.Namespace) -> int:
         degradation=args.degradation,
         sources=args.sources.split(",") if args.sources else None,
         limit=args.limit,
+        shift=args.shift,
     )
     print(markdown_table(report))
     return 0
@@ -118,6 +120,7 @@ def _export(args: argparse.Namespace) -> int:
         step_graph=args.step_graph,
         default_samples=args.default_samples,
         final_timestep=args.final_timestep,
+        default_answer=args.default_answer,
     )
     print(f"exported {manifest.model} {manifest.version} to {args.out}")
     return 0
@@ -138,6 +141,14 @@ def _quantize(args: argparse.Namespace) -> int:
         max_component_ssim_drop=args.max_component_ssim_drop,
     )
     print(report_markdown(report))
+    return 0
+
+
+def _import_engines(args: argparse.Namespace) -> int:
+    from xraysr.training.from_engines import import_engines
+
+    vae_path, sr_path = import_engines(args.engines, args.out)
+    print(json.dumps({"vae": str(vae_path), "sr_init": str(sr_path)}))
     return 0
 
 
@@ -164,6 +175,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--workers", type=int, default=os.cpu_count())
     prepare.add_argument("--hr-interpolation", default="area", choices=["area", "cubic", "lanczos"])
+    prepare.add_argument(
+        "--keep-splits",
+        type=Path,
+        help="an earlier set's splits.csv: its patients keep their split (add a source without moving any)",
+    )
     prepare.set_defaults(handler=_prepare)
 
     for name, handler, help_text in (
@@ -195,14 +211,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     served.add_argument("--model", default="cxr-default")
     served.add_argument("--data", type=Path, required=True, help="prepared data root (HR_256/, LR_64/, splits.csv)")
     served.add_argument("--split", default="test", choices=["train", "val", "test"])
-    served.add_argument("--steps", type=int, default=25)
+    served.add_argument("--steps", type=int, help="run the loop with these steps (default: the model's default answer)")
     served.add_argument("--seed", type=int, default=0)
     served.add_argument("--threads", type=int)
-    served.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="passed to `xraysr serve --precision`")
+    served.add_argument(
+        "--precision", choices=["auto", "fp32", "fp16", "int8"], help="passed to `xraysr serve --precision`"
+    )
     served.add_argument("--samples", type=int, help="diffusion samples averaged per image (default: the model's)")
     served.add_argument("--degradation", default="cubic", choices=DEGRADATION_CHOICES, help=DEGRADATION_HELP)
     served.add_argument("--sources", help="comma-separated sources to score (default: every source of the split)")
     served.add_argument("--limit", type=int, help="score only N images, evenly spaced through the split")
+    served.add_argument(
+        "--shift",
+        action="store_true",
+        help="score on films shifted beyond the trained acquisition ranges (evaluate_served.SHIFT): a new hospital",
+    )
     served.add_argument("--out", type=Path, required=True, help="folder for served_report.json and .md")
     served.set_defaults(handler=_evaluate_served)
 
@@ -219,6 +242,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     export.add_argument(
         "--default-samples", type=int, default=1, help="samples a request averages when it names none (1-8)"
+    )
+    export.add_argument(
+        "--default-answer",
+        choices=["estimate", "samples"],
+        default="estimate",
+        help="what a request naming neither steps nor samples gets: the one-pass estimate (default) or the loop",
     )
     export.add_argument(
         "--step-graph",
@@ -247,3 +276,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     quantize.add_argument("--out", type=Path, help="report folder (default runs/quantize/<model>)")
     quantize.set_defaults(handler=_quantize)
+
+    imported = commands.add_parser(
+        "import-engines", help="a shipped model's ONNX files → torch weights to train on from (checked against them)"
+    )
+    imported.add_argument("--engines", type=Path, required=True, help="engines/<model> folder with manifest.json")
+    imported.add_argument("--out", type=Path, required=True, help="folder for vae.pt and sr_init.pt")
+    imported.set_defaults(handler=_import_engines)

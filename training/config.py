@@ -29,11 +29,67 @@ class DataConfig(_Strict):
     root: Path = Field(description="A folder written by `xraysr prepare`: HR_256/, LR_64/, splits.csv.")
     hr_size: int = Field(256, gt=0)
     lr_size: int = Field(64, gt=0)
+    sources: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Train and validate only on these sources of splits.csv (None: all), e.g. to leave one "
+        "hospital out and score the model on it as on a hospital it never saw.",
+    )
 
     @model_validator(mode="after")
     def _integer_scale(self) -> DataConfig:
         if self.hr_size % self.lr_size:
             raise ValueError(f"hr_size {self.hr_size} is not a multiple of lr_size {self.lr_size}")
+        return self
+
+
+class Range(_Strict):
+    """A closed interval a parameter is drawn from, uniformly."""
+
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.high < self.low:
+            raise ValueError(f"range low {self.low} is above high {self.high}")
+        return self
+
+
+class AcquisitionConfig(_Strict):
+    """How another hospital's films differ: processing, export and noise, applied to the HR before its LR is
+    made (training/acquisition.py). Each step is applied to a pair with its probability, several at once; the
+    ranges say exactly what a model saw, and the shift test (evaluate-served --shift) goes beyond them."""
+
+    unsharp_probability: float = Field(0.0, ge=0, le=1)
+    unsharp_radius: Range = Field(Range(low=0.5, high=3.0), description="Gaussian sigma, HR pixels.")
+    unsharp_amount: Range = Field(Range(low=0.2, high=1.5), description="Edge enhancement gain.")
+    local_contrast_probability: float = Field(0.0, ge=0, le=1)
+    local_contrast_gain: Range = Field(Range(low=-0.3, high=0.6), description="Gain on detail above a broad mean.")
+    local_contrast_radius: Range = Field(Range(low=8.0, high=32.0), description="Gaussian sigma of the mean.")
+    tone_probability: float = Field(0.0, ge=0, le=1)
+    tone_gamma: Range = Field(Range(low=0.7, high=1.4), description="Power curve on [0, 1].")
+    resolution_probability: float = Field(0.0, ge=0, le=1)
+    resolution_size: Range = Field(
+        Range(low=160, high=256), description="Native size the film had before its 256² HR: down by area, up again."
+    )
+    jpeg_probability: float = Field(0.0, ge=0, le=1)
+    jpeg_quality: Range = Field(Range(low=60, high=95))
+    noise_probability: float = Field(0.0, ge=0, le=1)
+    noise_sigma: Range = Field(Range(low=0.5, high=4.0), description="Gaussian noise, 8-bit grey levels.")
+
+    @model_validator(mode="after")
+    def _ranges_in_bounds(self) -> AcquisitionConfig:
+        if self.unsharp_radius.low <= 0 or self.local_contrast_radius.low <= 0:
+            raise ValueError("blur radii must be positive")
+        if self.tone_gamma.low <= 0:
+            raise ValueError("tone_gamma must be positive")
+        if not 16 <= self.resolution_size.low <= self.resolution_size.high <= 256:
+            raise ValueError("resolution_size must lie in [16, 256]")
+        if not 1 <= self.jpeg_quality.low <= self.jpeg_quality.high <= 100:
+            raise ValueError("jpeg_quality must lie in [1, 100]")
+        if self.noise_sigma.low < 0:
+            raise ValueError("noise_sigma must be non-negative")
         return self
 
 
@@ -51,6 +107,7 @@ class AugmentConfig(_Strict):
         description="Relative weights of the degradations an LR is made with, one drawn per pair "
         "(degrade_augmented_hr only).",
     )
+    acquisition: AcquisitionConfig = AcquisitionConfig()
 
     @model_validator(mode="after")
     def _degradation_weights(self) -> AugmentConfig:
@@ -58,6 +115,8 @@ class AugmentConfig(_Strict):
             raise ValueError(f"degradations needs non-negative weights with a positive sum, got {self.degradations}")
         if self.lr_source == "augment_lr" and set(self.degradations) != {"cubic"}:
             raise ValueError("degradations other than cubic need lr_source: degrade_augmented_hr")
+        if self.lr_source == "augment_lr" and self.acquisition != AcquisitionConfig():
+            raise ValueError("acquisition augmentation changes the HR, so it needs lr_source: degrade_augmented_hr")
         return self
 
 
@@ -118,11 +177,17 @@ class DiffusionConfig(_Strict):
         description="DDIM only: space the steps evenly down to this timestep and answer the x0 estimate there "
         "(service/sampler.py); None: trailing spacing.",
     )
+    # The one-pass estimate the service answers by default (service/sampler.py, estimate_input): the x0 the
+    # UNet predicts at the last timestep from a zero latent, the mean of x_T. This share of every batch is
+    # trained on exactly that input with L2 on x0, the rest on the diffusion objective: one network, both jobs.
+    estimate_fraction: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _regression_predicts_the_sample(self) -> DiffusionConfig:
         if self.objective == "regression" and (self.prediction_type != "sample" or self.sample_steps != 1):
             raise ValueError("objective regression needs prediction_type: sample and sample_steps: 1")
+        if self.estimate_fraction > 0 and self.prediction_type != "sample":
+            raise ValueError("estimate_fraction trains the x0 estimate directly: it needs prediction_type: sample")
         return self
 
 
@@ -172,6 +237,11 @@ class SRTrainConfig(_RunConfig):
     vae: VAEConfig
     unet: UNetConfig = UNetConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    init_from: Path | None = Field(
+        None,
+        description="Start the UNet (and its target scale) from these weights with a fresh optimiser: an SR "
+        "checkpoint, or `xraysr import-engines`'s sr_init.pt of a shipped model.",
+    )
 
     @model_validator(mode="after")
     def _vae_has_weights(self) -> SRTrainConfig:

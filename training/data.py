@@ -91,7 +91,13 @@ class PairDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __init__(self, config: DataConfig, split: Split) -> None:
         root = Path(config.root)
         self.split = split
-        self._filenames = [row.filename for row in read_splits(root) if row.split == split]
+        rows = [row for row in read_splits(root) if row.split == split]
+        if config.sources is not None:
+            unknown = set(config.sources) - {row.source for row in rows}
+            if unknown:
+                raise ValueError(f"split {split!r} of {root / 'splits.csv'} has no images of sources {sorted(unknown)}")
+            rows = [row for row in rows if row.source in config.sources]
+        self._filenames = [row.filename for row in rows]
         if not self._filenames:
             raise ValueError(f"split {split!r} of {root / 'splits.csv'} has no images")
         lr_images, hr_images = [], []

@@ -185,10 +185,12 @@ def export_model(
     step_graph: bool = True,
     default_samples: int = 1,
     final_timestep: int | None = None,
+    default_answer: str = "estimate",
 ) -> Manifest:
     """Exports the EMA weights; ``steps`` is the supported (min, default, max) sampling step count, and
     ``default_samples`` the diffusion samples a request averages when it names none (docs/RESULTS.md), and
-    ``final_timestep`` where the loop stops (default: the run's ``diffusion.final_timestep``).
+    ``final_timestep`` where the loop stops (default: the run's ``diffusion.final_timestep``), and
+    ``default_answer`` what a request naming neither steps nor samples gets ("estimate": one pass; "samples").
 
     ``step_graph`` (default on) also exports ``unet_step.onnx`` (UNet + DDIM update, see ``export_unet_step``) as
     the manifest's optional ``unet_step`` component: TensorRT then runs the whole loop on the GPU, while ONNX
@@ -254,6 +256,7 @@ def export_model(
             default_steps=default,
             max_steps=maximum,
             default_samples=default_samples,
+            default_answer=default_answer,
             timestep_spacing="trailing" if floor is None else "floored",
             final_timestep=floor,
         ),

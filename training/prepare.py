@@ -44,7 +44,7 @@ from xraysr.training.prepare_images import (
     load_grayscale,
 )
 from xraysr.training.prepare_metadata import NIH_COLUMNS, ImageMeta, read_manifest, read_nih_metadata
-from xraysr.training.splits import SPLITS, split_by_patient, split_counts, splits_table
+from xraysr.training.splits import SPLITS, read_patient_splits, split_by_patient, split_counts, splits_table
 
 __all__ = [
     "MAX_ASPECT_RATIO",
@@ -246,6 +246,7 @@ def prepare_sources(
     hr_size: int = 256,
     lr_size: int = 64,
     show_progress: bool = True,
+    keep_splits: Path | None = None,
 ) -> PrepareReport:
     """Write HR/LR pairs, ``splits.csv`` and ``prepare_report.json`` for the images of every source.
 
@@ -258,6 +259,8 @@ def prepare_sources(
 
     Several sources go into one set: the split is by patient across all of them (`splits.split_by_patient`,
     stratified by source), each row keeps its source, and two sources writing the same file name is an error.
+``keep_splits`` (an earlier set's splits.csv) keeps every patient it lists in that split, so a source added to a
+set never moves an image a trained model saw into validation or test.
 
     Runs ``workers`` processes (default ``os.cpu_count()``). Resumable: an image whose HR and LR both exist
     is not redone (``skipped_existing``) but still goes into ``splits.csv``; a rerun must keep the sizes and
@@ -311,7 +314,8 @@ def prepare_sources(
 
     # 4. split by patient across every source, write the index and the report
     kept = sorted((meta for plan in plans for meta in plan.kept), key=lambda meta: meta.filename)
-    split_of = split_by_patient(kept, seed, options.split_fractions)
+    kept_patients = read_patient_splits(keep_splits) if keep_splits is not None else None
+    split_of = split_by_patient(kept, seed, options.split_fractions, kept_patients)
     for plan in plans:
         plan.report.splits = split_counts(plan.kept, split_of)
     text = splits_table(kept, split_of)

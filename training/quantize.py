@@ -1,22 +1,22 @@
 """`xraysr quantize`: engines/<model> FP32 ONNX → INT8 QDQ ONNX + manifest.int8.json, measured component by component.
 
-1. Calibrate on what each component really sees while sampling: LR images of the chosen split for the
-   encoder, the (noisy_latent, timestep, lr_latent) of every DDIM step for the UNet, the final hr_latent
-   for the decoder, all recorded by running the FP32 service pipeline (a recording runtime, so the loop
-   is the service's own and cannot drift).
+1. Calibrate on what each component really sees when serving: LR images of the chosen split for the
+   encoder, the (noisy_latent, timestep, lr_latent) of the default answer (the one-pass estimate) and of every
+   DDIM step of the loop for the UNet, the final hr_latents for the decoder, all recorded by running the FP32
+   service pipeline (a recording runtime, so the loop is the service's own and cannot drift).
 2. Quantize with ONNX Runtime's ``quantize_static`` in QDQ format, symmetric INT8 activations and
    per-channel symmetric INT8 weights: the explicit-quantization form TensorRT 10 builds INT8 engines from.
-3. Sensitivity: quantize one component at a time (the others FP32) and measure the whole pipeline's PSNR
-   against HR on the calibration images. The encoder and decoder are near-identity pixel (un)shuffles whose
-   output precision *is* the image precision; one costing more than ``max_component_drop_db`` PSNR or
+3. Sensitivity: quantize one component at a time (the others FP32) and measure the whole pipeline's
+   default answer's PSNR against HR on the calibration images. The encoder and decoder are near-identity pixel
+   (un)shuffles whose output precision *is* the image precision; one costing more than ``max_component_drop_db`` PSNR or
    ``max_component_ssim_drop`` SSIM stays FP32 (the default model's SSIM margin over bicubic is only 0.002).
    For the UNet, the variant that keeps the stem conv, the head conv and the time-embedding Gemms in float
    competes with the fully quantized one; the better one on the calibration images ships.
 4. The step graph (``unet_step``: the UNet + one DDIM update, TensorRT's on-GPU loop), when the model has one,
    is quantized with the UNet's plan: the same calibration steps (each with its alphas) and the same float
    parts, so the loop a Jetson runs is the INT8 UNet that was measured.
-5. Score FP32, INT8 and bicubic on the test split and write the report; every component of manifest.int8.json
-   records its precision (int8 for a QDQ file, fp32 for one kept float).
+5. Score FP32, INT8 (the default answer) and bicubic on the test split and write the report; every component of
+   manifest.int8.json records its precision (int8 for a QDQ file, fp32 for one kept float).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
 from xraysr.service.manifest import COMPONENTS, Manifest, load_manifest, sha256_of, write_manifest
-from xraysr.service.pipeline import SRPipeline
+from xraysr.service.pipeline import AnswerPlan, SRPipeline, choose_answer
 from xraysr.service.sampler import DDIMSampler
 from xraysr.training.data import read_splits
 from xraysr.training.metrics import bicubic_upscale, psnr, ssim
@@ -117,9 +117,9 @@ def load_pairs(data_root: Path, split: str, limit: int | None = None) -> list[Pa
     ]
 
 
-def upscale_all(pipeline: SRPipeline, pairs: list[Pair], steps: int, seed: int) -> list[np.ndarray]:
+def answer_all(pipeline: SRPipeline, pairs: list[Pair], plan: AnswerPlan, seed: int) -> list[np.ndarray]:
     # One seed for every image, as `xraysr evaluate-served --seed` sends it, so the numbers compare.
-    return [pipeline.upscale(pair.lr, steps, seed).image for pair in pairs]
+    return [pipeline.answer(pair.lr, plan, seed).image for pair in pairs]
 
 
 def unet_float_nodes(model_path: Path) -> dict[str, list[str]]:
@@ -261,14 +261,18 @@ def quantize_engines(
 ) -> dict:
     """Writes ``<component>.int8.onnx`` and manifest.int8.json into ``engines``, the report into ``out_dir``."""
     manifest = load_manifest(engines)
-    steps = manifest.sampler.default_steps
+    plan = choose_answer(manifest.sampler)  # the default answer, what INT8 is measured on
+    loop = choose_answer(manifest.sampler, steps=manifest.sampler.default_steps)  # served on request: calibrated
+    steps = loop.steps
     fp32_files = {name: engines / component.path for name, component in manifest.components.items()}
     calibration = load_pairs(calib_root, split, calib_images)
-    logger.info("calibrating on %d %s images at %d steps", len(calibration), split, steps)
+    logger.info("calibrating on %d %s images: the %s and the %d-step loop", len(calibration), split, plan.answer, steps)
 
     # 1. calibration inputs, recorded from the FP32 service pipeline
     recorder = RecordingRuntime(FileRuntime(manifest, fp32_files))
-    fp32_calibration = upscale_all(SRPipeline(manifest, recorder), calibration, steps, seed)
+    fp32_calibration = answer_all(SRPipeline(manifest, recorder), calibration, plan, seed)
+    if plan != loop:
+        answer_all(SRPipeline(manifest, recorder), calibration, loop, seed)
     feeds = recorder.inputs
 
     with tempfile.TemporaryDirectory() as work:
@@ -294,7 +298,7 @@ def quantize_engines(
         for variant, (component, exclude) in candidates.items():
             files = {**fp32_files, component: candidate_files[variant]}
             pipeline = SRPipeline(manifest, FileRuntime(manifest, files))
-            variant_score = score(upscale_all(pipeline, calibration, steps, seed), calibration)
+            variant_score = score(answer_all(pipeline, calibration, plan, seed), calibration)
             sensitivity[variant] = {
                 **variant_score,
                 "drop_db": fp32_score["psnr"] - variant_score["psnr"],
@@ -369,7 +373,8 @@ def quantize_engines(
                 "int8_components": ",".join(name for name, kind in precisions.items() if kind == "int8"),
                 "fp32_components": ",".join(name for name, kind in precisions.items() if kind == "fp32") or "none",
                 "unet_float_nodes": len(sensitivity[unet_variant]["float_nodes"]),
-                "calibration": f"{len(calibration)} {split} images of {calib_root.name}, {steps} steps",
+                "calibration": f"{len(calibration)} {split} images of {calib_root.name}: the {plan.answer} and the "
+                f"{steps}-step loop",
             },
         }
     )
@@ -377,8 +382,8 @@ def quantize_engines(
 
     # 6. the test split: FP32 vs INT8 vs bicubic, all against HR
     test = load_pairs(calib_root, eval_split)
-    fp32_images = upscale_all(SRPipeline(manifest, FileRuntime(manifest, fp32_files)), test, steps, seed)
-    int8_images = upscale_all(SRPipeline(int8_manifest, FileRuntime(int8_manifest, int8_files)), test, steps, seed)
+    fp32_images = answer_all(SRPipeline(manifest, FileRuntime(manifest, fp32_files)), test, plan, seed)
+    int8_images = answer_all(SRPipeline(int8_manifest, FileRuntime(int8_manifest, int8_files)), test, plan, seed)
     bicubic = [bicubic_upscale(pair.lr, manifest.image.hr_size) for pair in test]
     report = {
         "precision": precisions,
@@ -400,6 +405,7 @@ def quantize_engines(
             "calib": str(calib_root),
             "split": split,
             "calib_images": len(calibration),
+            "answer": plan.answer,
             "steps": steps,
             "seed": seed,
             "max_component_drop_db": max_component_drop_db,
@@ -444,7 +450,8 @@ def report_markdown(report: dict) -> str:
         "",
         f"Pipeline PSNR on the calibration images, all FP32: {report['sensitivity']['fp32']['psnr']:.3f} dB",
         "",
-        f"{test['split']} split, {test['images']} images, {report['settings']['steps']} steps, "
+        f"{test['split']} split, {test['images']} images, the default answer "
+        f"({report['settings'].get('answer', 'samples')}; the loop: {report['settings']['steps']} steps), "
         f"seed {report['settings']['seed']}:",
         "",
         "| method | PSNR (dB) | SSIM |",

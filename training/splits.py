@@ -10,7 +10,8 @@ import csv
 import io
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Protocol
 
 from xraysr.training.config import Split
@@ -56,26 +57,50 @@ def _split_patients(patients: list[str], seed: int, fractions: tuple[float, floa
 
 
 def split_by_patient(
-    records: Iterable[Record], seed: int, fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    records: Iterable[Record],
+    seed: int,
+    fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
+    kept_patients: Mapping[str, Split] | None = None,
 ) -> dict[str, Split]:
     """Assign each image to train/val/test with no patient in two splits; returns ``{filename: split}``.
 
     The rule counts patients, not images, so image shares match only on average. Patients are split per
     stratum: the alphabetically first source a patient appears in (a patient id shared by two sources, as
     NIH ids are, still lands in one split). With one source this is a plain split of its patients.
+
+    ``kept_patients`` (``{patient_id: split}``, from an earlier set's splits.csv) pins those patients to their
+    old split and splits only the others. Adding a source otherwise reshuffles the strata it touches, and a
+    model trained on the old train split would then be scored on its own training images.
     """
     _check_fractions(fractions)
     records = list(records)
+    kept_patients = kept_patients or {}
     sources_of: dict[str, set[str]] = defaultdict(set)
     for record in records:
         sources_of[record.patient_id].add(record.source)
     strata: dict[str, list[str]] = defaultdict(list)
     for patient, sources in sources_of.items():
-        strata[min(sources)].append(patient)
-    split_of_patient: dict[str, Split] = {}
+        if patient not in kept_patients:
+            strata[min(sources)].append(patient)
+    split_of_patient: dict[str, Split] = {
+        patient: split for patient, split in kept_patients.items() if patient in sources_of
+    }
     for stratum in sorted(strata):
         split_of_patient.update(_split_patients(strata[stratum], seed, fractions))
     return {record.filename: split_of_patient[record.patient_id] for record in records}
+
+
+def read_patient_splits(path: Path) -> dict[str, Split]:
+    """``{patient_id: split}`` of an earlier set's splits.csv; a patient found in two splits is an error."""
+    split_of: dict[str, Split] = {}
+    with Path(path).open(newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            split = row.get("split")
+            if split not in SPLITS:
+                raise ValueError(f"{path} line {line}: split {split!r} is not one of {SPLITS}")
+            if split_of.setdefault(row["patient_id"], split) != split:
+                raise ValueError(f"{path}: patient {row['patient_id']} is in two splits")
+    return split_of
 
 
 def splits_table(records: Iterable[Record], split_of: dict[str, Split]) -> str:

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.nn import functional as F
 from torch.utils.tensorboard import SummaryWriter
 
+from xraysr.training.acquisition import apply_acquisition, draw_acquisition, is_identity
 from xraysr.training.checkpoint import (
     EMA,
     latest_checkpoint,
@@ -97,6 +98,13 @@ def validate(
     return {name: value / count for name, value in totals.items()}, comparison_grid(rows)
 
 
+def estimate_share(batch_size: int, fraction: float) -> int:
+    """Rows of a batch trained on the estimate's input: round(fraction × batch), at least one when fraction > 0."""
+    if fraction <= 0:
+        return 0
+    return min(batch_size, max(1, round(fraction * batch_size)))
+
+
 def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
     """Trains until ``optim.max_steps`` and returns the last checkpoint's path.
 
@@ -131,6 +139,16 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
     )
 
     step = 0
+    if start_checkpoint is None and config.init_from is not None:
+        initial = load_checkpoint(config.init_from)
+        unet.load_state_dict(initial["ema"])
+        config_scale = config.diffusion.target_scale
+        if config_scale != "auto" and abs(float(config_scale) - initial["target_scale"]) > 1e-6:
+            raise ValueError(
+                f"init_from {config.init_from} was trained at target_scale {initial['target_scale']}, the config "
+                f"says {config_scale}: the network's outputs would be mis-scaled"
+            )
+        logger.info("UNet initialised from %s", config.init_from)
     if start_checkpoint is not None:
         state = load_checkpoint(start_checkpoint)
         unet.load_state_dict(state["unet"])
@@ -140,6 +158,9 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
         ema = EMA(unet, config.optim.ema_decay)
         ema.model.load_state_dict(state["ema"])
         logger.info("resumed from %s at step %d", start_checkpoint, step)
+    elif config.init_from is not None:
+        target_scale = float(initial["target_scale"])
+        ema = EMA(unet, config.optim.ema_decay)
     else:
         target_scale = (
             measure_target_scale(config, train_set, encoder.cpu().to(device))
@@ -167,6 +188,9 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
         if config.augment.lr_source == "degrade_augmented_hr":
             # Drawn after the augmentation from the same stream, so a cubic-only run keeps its old batches.
             kinds = draw_degradations(hr.shape[0], config.augment.degradations, augmentation)
+            if not is_identity(config.augment.acquisition):
+                # The film as another hospital would have stored it; its LR is made from that film.
+                hr = apply_acquisition(hr, draw_acquisition(hr.shape[0], config.augment.acquisition, augmentation))
             lr = degrade_mixed(hr, config.data.lr_size, kinds)
         shard = slice(accelerator.process_index, None, accelerator.num_processes)
         lr, hr = lr[shard].to(device), hr[shard].to(device)
@@ -181,6 +205,11 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
         if config.diffusion.objective == "regression":
             timesteps = torch.full_like(timesteps, config.diffusion.num_train_timesteps - 1)
         noisy = noise_scheduler.add_noise(sample, noise, timesteps)
+        estimate_rows = estimate_share(sample.shape[0], config.diffusion.estimate_fraction)
+        if estimate_rows:
+            # The estimate's input (service/sampler.py): the last timestep and a zero latent, the mean of x_T.
+            timesteps[:estimate_rows] = config.diffusion.num_train_timesteps - 1
+            noisy[:estimate_rows] = 0.0
         with accelerator.autocast():
             prediction = unet(noisy, timesteps, lr_latent)
         loss = F.mse_loss(prediction.float(), regression_target(noise_scheduler, sample, noise, timesteps))

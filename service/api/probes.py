@@ -40,4 +40,6 @@ async def readyz(request: Request) -> Any:
         "version": manifest.version,
         "backend": pipeline.runtime.backend,
         "precision": manifest.precision,
+        "precision_choice": request.app.state.settings.precision_choice,
+        "default_answer": manifest.sampler.default_answer,
     }

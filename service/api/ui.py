@@ -62,6 +62,7 @@ async def config(pipeline: PipelineDep, settings: SettingsDep) -> dict[str, Any]
         "max_steps": manifest.sampler.max_steps,
         "default_steps": manifest.sampler.default_steps,
         "default_samples": manifest.sampler.default_samples,
+        "default_answer": manifest.sampler.default_answer,
         "max_samples": MAX_SAMPLES,
         "lr_size": manifest.image.lr_size,
         "hr_size": manifest.image.hr_size,

@@ -66,7 +66,7 @@ from xraysr.service.imaging import (
 )
 from xraysr.service.manifest import MAX_SAMPLES, Manifest
 from xraysr.service.metrics import ServiceMetrics
-from xraysr.service.pipeline import UpscaleResult, check_samples
+from xraysr.service.pipeline import AnswerPlan, UpscaleResult, choose_answer
 from xraysr.service.provenance import DISCLAIMER, provenance
 from xraysr.service.sampler import SEED_MAX, sample_seeds
 from xraysr.service.settings import Settings
@@ -109,30 +109,28 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def check_steps(steps: int | None, manifest: Manifest) -> int:
-    sampler = manifest.sampler
-    if steps is None:
-        return sampler.default_steps
-    if not sampler.min_steps <= steps <= sampler.max_steps:
-        raise HTTPException(
-            422,
-            f"steps must be between {sampler.min_steps} and {sampler.max_steps} for model {manifest.model} "
-            f"{manifest.version}, got {steps}",
-        )
-    return steps
-
-
-def check_samples_query(samples: int | None, manifest: Manifest) -> int:
-    if samples is None:
-        return manifest.sampler.default_samples
+def plan_of(steps: int | None, samples: int | None, manifest: Manifest) -> AnswerPlan:
+    """The answer the query asks for (pipeline.choose_answer); a count out of range is a 422 naming the model."""
     try:
-        return check_samples(samples)
+        return choose_answer(manifest.sampler, steps, samples, f"{manifest.model} {manifest.version}")
     except ValueError as error:
         raise HTTPException(422, str(error)) from error
 
 
-def server_timing(stage_ms: dict[str, float]) -> str:
-    return ", ".join(f"{stage};dur={milliseconds:.3f}" for stage, milliseconds in stage_ms.items())
+def server_timing(stage_ms: dict[str, float], descriptions: dict[str, str] | None = None) -> str:
+    """The Server-Timing header; a stage with a description carries it as ``desc`` (what the denoise stage ran)."""
+    descriptions = descriptions or {}
+    return ", ".join(
+        f"{stage};dur={milliseconds:.3f}" + (f';desc="{descriptions[stage]}"' if stage in descriptions else "")
+        for stage, milliseconds in stage_ms.items()
+    )
+
+
+def denoise_description(result: UpscaleResult) -> str:
+    """What the denoise stage ran: "1 pass" for the estimate, else "<steps> steps x <samples> samples"."""
+    if result.answer == "estimate":
+        return "1 pass"
+    return f"{result.steps} steps x {result.samples} sample{'s' if result.samples > 1 else ''}"
 
 
 def request_deadline(request: Request, settings: Settings) -> float:
@@ -200,16 +198,25 @@ async def upscale(
     settings: SettingsDep,
     metrics: MetricsDep,
     steps: Annotated[
-        int | None, Query(description="Denoising steps (default: the manifest's; range: the manifest's).")
+        int | None,
+        Query(
+            description="Denoising steps of the reverse-diffusion loop (range: the manifest's). Naming steps or "
+            "samples asks for the loop; naming neither gets the model's default answer, the one-pass estimate."
+        ),
     ] = None,
     seed: Annotated[
-        int | None, Query(ge=0, le=SEED_MAX, description="Noise seed; the same seed gives the same image.")
+        int | None,
+        Query(
+            ge=0,
+            le=SEED_MAX,
+            description="Noise seed of the loop; the same seed gives the same image. The estimate draws no noise.",
+        ),
     ] = None,
     samples: Annotated[
         int | None,
         Query(
-            description=f"Diffusion samples averaged into the answer, 1–{MAX_SAMPLES} (default: the manifest's "
-            "default_samples); sample k uses seed + k. Above 1 the JSON answer adds their per-pixel spread."
+            description=f"Diffusion samples averaged into the answer, 1–{MAX_SAMPLES} (with steps alone: the "
+            "manifest's default_samples); sample k uses seed + k. Above 1 the JSON answer adds their spread."
         ),
     ] = None,
     consistency: Annotated[
@@ -227,8 +234,7 @@ async def upscale(
     ] = None,
 ) -> Response:
     started = time.perf_counter()
-    steps = check_steps(steps, pipeline.manifest)
-    samples = check_samples_query(samples, pipeline.manifest)
+    plan = plan_of(steps, samples, pipeline.manifest)
     seed = secrets.randbelow(SEED_MAX + 1) if seed is None else seed
     deadline_s = request_deadline(request, settings)
     source: DicomSource | None = None  # what a DICOM answer keeps of the input
@@ -242,7 +248,8 @@ async def upscale(
             if wants_dicom(request):
                 source = await anyio.to_thread.run_sync(_dicom_source, data, decoded, limiter=admission.decoding)
             as_json = wants_json(request)
-            job = Job(pixels=decoded.pixels, steps=steps, seeds=sample_seeds(seed, samples))
+            seeds = sample_seeds(seed, plan.samples) if plan.answer == "samples" else []
+            job = Job(pixels=decoded.pixels, steps=plan.steps, seeds=seeds, answer=plan.answer)
             answer = await _answer_unless_disconnected(request, batcher, job)
             finished = await anyio.to_thread.run_sync(
                 _finish, decoded.pixels, answer.result, consistency, settings, pipeline.manifest, as_json, source
@@ -261,10 +268,11 @@ async def upscale(
     except Exception:
         # Input problems were all answered above: what reaches here is a bug in the pipeline or the runtime.
         logger.exception(
-            "upscale failed: steps=%d seed=%d samples=%d content-type=%s body=%s bytes",
-            steps,
+            "upscale failed: answer=%s steps=%d seed=%d samples=%d content-type=%s body=%s bytes",
+            plan.answer,
+            plan.steps,
             seed,
-            samples,
+            plan.samples,
             request.headers.get("content-type"),
             request.headers.get("content-length", "?"),
         )
@@ -278,19 +286,22 @@ async def upscale(
     stage_seconds = {"decode": decode_seconds, **result.stage_seconds}
     stage_seconds["total"] = time.perf_counter() - started
     metrics.observe_stages(stage_seconds)
+    metrics.answers.labels(answer=result.answer).inc()
     # The host stages always, in order; a GPU runtime adds its CUDA-event times ("denoise_gpu", …) after.
     # A DICOM answer has a "dicom" stage (after "total", with the GPU times) instead of "png".
     order = (*(s for s in STAGES if s in stage_seconds), *(s for s in stage_seconds if s not in STAGES))
     stage_ms = {stage: 1000 * stage_seconds[stage] for stage in order}
     manifest = pipeline.manifest
     headers = {
-        "Server-Timing": server_timing(stage_ms),
+        "Server-Timing": server_timing(stage_ms, {"denoise": denoise_description(result)}),
         "X-Model-Version": manifest.version,
+        "X-Answer": result.answer,
         "X-Steps": str(result.steps),
-        "X-Seed": str(result.seed),
         "X-Samples": str(result.samples),
         "X-Batch-Samples": str(answer.batch_samples),
     }
+    if result.seed is not None:
+        headers["X-Seed"] = str(result.seed)
     if decoded.conversion:
         headers["X-Input-Conversion"] = decoded.conversion
     headers.update(fidelity.headers())
@@ -303,6 +314,7 @@ async def upscale(
                 "image_png_base64": base64.b64encode(finished.png).decode("ascii"),
                 "width": int(result.image.shape[1]),
                 "height": int(result.image.shape[0]),
+                "answer": result.answer,
                 "steps": result.steps,
                 "seed": result.seed,
                 "samples": result.samples,

@@ -109,7 +109,9 @@ async function loadConfig() {
   for (let k = 1; k <= config.max_samples; k += 1) {
     samples.append(new Option(String(k), String(k), false, k === config.default_samples));
   }
-  samples.disabled = false;
+  $("answer").value = config.default_answer || "samples";
+  $("answer").disabled = false;
+  applyAnswerChoice();
   $("server-status").textContent = `Ready · ${config.model_version}`;
   $("server-status").className = "server ready";
   $("fact-model").textContent = config.model_version;
@@ -182,10 +184,27 @@ async function chooseFile(file) {
 
 // --- upscaling ---------------------------------------------------------------------------------------------------
 
+// The estimate is the server's default: asking for it means sending no steps or samples (it draws no noise, so a
+// seed changes nothing). Diffusion samples name both, as every client that wants the loop does.
+function applyAnswerChoice() {
+  const sampling = $("answer").value === "samples";
+  for (const id of ["steps", "samples", "seed"]) $(id).disabled = !sampling;
+}
+
 function requestParameters(seed) {
+  if ($("answer").value !== "samples") return new URLSearchParams();
   const params = new URLSearchParams({ steps: $("steps").value, samples: $("samples").value });
   if (seed !== "") params.set("seed", seed);
   return params;
+}
+
+function answerParameters(result) {
+  if (result.answer === "estimate") return new URLSearchParams();
+  return new URLSearchParams({ steps: result.steps, samples: result.samples, seed: result.seed });
+}
+
+function answerFileSuffix(result) {
+  return result.answer === "estimate" ? "estimate" : `seed${result.seed}`;
 }
 
 function seedField() {
@@ -221,13 +240,13 @@ async function downloadDicom() {
   error("");
   setBusy(true, "Making DICOM…");
   try {
-    // The answer's own seed, steps and samples: the DICOM holds the same pixels as the panels.
-    const params = new URLSearchParams({ steps: result.steps, samples: result.samples, seed: result.seed });
+    // The answer's own kind, seed, steps and samples: the DICOM holds the same pixels as the panels.
+    const params = answerParameters(result);
     const response = await post(`/upscale?${params}`, state.sent.body, state.sent.type, "application/dicom");
     const url = URL.createObjectURL(await response.blob());
     const link = document.createElement("a");
     link.href = url;
-    link.download = `${baseName()}_xraysr_seed${result.seed}.dcm`;
+    link.download = `${baseName()}_xraysr_${answerFileSuffix(result)}.dcm`;
     document.body.append(link);
     link.click();
     link.remove();
@@ -259,7 +278,8 @@ async function showResult(result) {
       const levels = await canvasOf(base64Blob(result.uncertainty_png_base64, "image/png"));
       sources.uncertainty = uncertaintyMap(levels, result.uncertainty_scale);
     }
-    $("meta-uncertainty").textContent = `spread of ${result.samples} sample${result.samples > 1 ? "s" : ""}`;
+    $("meta-uncertainty").textContent =
+      result.answer === "estimate" ? "one-pass estimate" : `spread of ${result.samples} sample${result.samples > 1 ? "s" : ""}`;
     if (result.lr_consistency_low) {
       warning(
         `Low LR consistency (${formatDb(result.lr_consistency_psnr)}): shrinking the output does not give back the ` +
@@ -267,7 +287,7 @@ async function showResult(result) {
       );
     }
   }
-  $("empty-uncertainty").textContent = result && result.samples < 2 ? "needs samples ≥ 2" : "—";
+  $("empty-uncertainty").textContent = result && result.samples < 2 ? "needs diffusion samples ≥ 2" : "—";
   $("empty-bicubic").textContent = result && !result.bicubic_png_base64 ? "the server sent no bicubic baseline" : "—";
   $("empty-difference").textContent = $("empty-bicubic").textContent;
   render();
@@ -279,16 +299,18 @@ function showFacts(result) {
   const fact = (id, text) => {
     $(id).textContent = text;
   };
+  const estimate = Boolean(result && result.answer === "estimate");
+  fact("fact-answer", result ? (estimate ? "one-pass estimate" : "mean of diffusion samples") : "–");
   fact("fact-steps", result ? String(result.steps) : "–");
   fact("fact-samples", result ? String(result.samples) : "–");
-  fact("fact-seed", result ? String(result.seed) : "–");
+  fact("fact-seed", result ? (estimate ? "none (no noise drawn)" : String(result.seed)) : "–");
   fact("fact-model", result ? result.model_version : state.config ? state.config.model_version : "–");
   const consistency = $("fact-consistency");
   consistency.textContent = result ? formatDb(result.lr_consistency_psnr) : "–";
   if (result && result.lr_consistency_low) consistency.textContent += " — low";
   consistency.classList.toggle("low", Boolean(result && result.lr_consistency_low));
   const mean = result && typeof result.uncertainty_mean === "number";
-  const spread = mean ? `${result.uncertainty_mean.toFixed(2)} grey levels` : "needs samples ≥ 2";
+  const spread = mean ? `${result.uncertainty_mean.toFixed(2)} grey levels` : "needs diffusion samples ≥ 2";
   fact("fact-uncertainty", result ? spread : "–");
   $("server-disclaimer").textContent = result && result.disclaimer ? result.disclaimer : "";
 }
@@ -331,7 +353,7 @@ function showDownloads(result) {
   if (result) {
     state.downloadUrl = URL.createObjectURL(base64Blob(result.image_png_base64, "image/png"));
     link.href = state.downloadUrl;
-    link.download = `${baseName()}_xraysr_seed${result.seed}.png`;
+    link.download = `${baseName()}_xraysr_${answerFileSuffix(result)}.png`;
     link.removeAttribute("aria-disabled");
     link.removeAttribute("tabindex");
     link.classList.remove("disabled");
@@ -374,6 +396,7 @@ function wire() {
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
 
+  $("answer").addEventListener("change", applyAnswerChoice);
   $("steps").addEventListener("input", () => {
     $("steps-value").textContent = $("steps").value;
   });

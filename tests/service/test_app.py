@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import re
 import shutil
@@ -61,13 +62,26 @@ def test_before_the_lifespan_ran_it_is_alive_but_not_ready(engine_settings: Sett
 
 
 def test_ready_names_what_is_served(client: TestClient) -> None:
-    assert client.get("/readyz").json() == {
+    ready = client.get("/readyz").json()
+    # The tiny model has no manifest.int8.json, so auto serves fp32 whatever this CPU has.
+    assert ready.pop("precision_choice").startswith("auto: fp32")
+    assert ready == {
         "status": "ready",
         "model": "tiny",
         "version": "tiny-test",
         "backend": "onnxruntime",
         "precision": "fp32",
+        "default_answer": "estimate",
     }
+
+
+def _stages(response: httpx.Response) -> dict[str, str]:
+    """Server-Timing as {stage: its desc, or ""}."""
+    stages = {}
+    for entry in response.headers["server-timing"].split(", "):
+        name, _, rest = entry.partition(";dur=")
+        stages[name] = rest.partition(';desc="')[2].rstrip('"')
+    return stages
 
 
 def test_upscale_returns_a_256_grayscale_png_with_its_timings(client: TestClient, lr_png: bytes) -> None:
@@ -75,18 +89,28 @@ def test_upscale_returns_a_256_grayscale_png_with_its_timings(client: TestClient
     image = _image(response)
     assert (image.size, image.mode) == ((256, 256), "L")
     headers = response.headers
-    assert (headers["x-steps"], headers["x-seed"], headers["x-model-version"]) == ("4", "7", "tiny-test")
+    # No steps or samples: the estimate, one network pass, no noise drawn (so no seed to echo).
+    assert (headers["x-answer"], headers["x-steps"], headers["x-samples"]) == ("estimate", "1", "0")
+    assert "x-seed" not in headers and headers["x-model-version"] == "tiny-test"
     assert "x-input-conversion" not in headers  # an 8-bit grayscale PNG is used as is
-    assert [entry.split(";dur=")[0] for entry in headers["server-timing"].split(", ")] == STAGES
+    assert list(_stages(response)) == STAGES and _stages(response)["denoise"] == "1 pass"
+    png = {"content": lr_png, "headers": {"content-type": "image/png"}}
+    loop = client.post("/upscale", params={"seed": 7, "steps": 4}, **png)
+    assert (loop.headers["x-answer"], loop.headers["x-steps"], loop.headers["x-seed"]) == ("samples", "4", "7")
+    assert _stages(loop)["denoise"] == "4 steps x 1 sample"
 
 
-def test_the_same_seed_gives_the_same_image_and_no_seed_a_random_one(client: TestClient, lr_png: bytes) -> None:
+def test_the_estimate_is_the_same_for_any_seed_and_the_loop_follows_its_seed(
+    client: TestClient, lr_png: bytes
+) -> None:
     def post(**params: int) -> httpx.Response:
         return client.post("/upscale", params=params, content=lr_png, headers={"content-type": "image/png"})
 
+    estimate = post().content
+    assert post(seed=3).content == post(seed=2**31 - 1).content == estimate
     assert post(seed=3, steps=2).content == post(seed=3, steps=2).content
-    assert post(seed=3, steps=2).content != post(seed=4, steps=2).content
-    assert 0 <= int(post().headers["x-seed"]) <= 2**31 - 1
+    assert post(seed=3, steps=2).content != post(seed=4, steps=2).content != estimate
+    assert 0 <= int(post(samples=1).headers["x-seed"]) <= 2**31 - 1
 
 
 def test_multipart_json_and_conversion(client: TestClient, make_png: Callable[[np.ndarray], bytes]) -> None:
@@ -143,10 +167,12 @@ def test_a_pipeline_bug_is_a_logged_500_and_the_server_carries_on(
 
     monkeypatch.setattr(pipeline, "upscale_batch", broken)
     with caplog.at_level(logging.ERROR, logger="xraysr.service.api.upscale"):
-        response = client.post("/upscale", params={"seed": 5}, content=lr_png, headers={"content-type": "image/png"})
+        response = client.post(
+            "/upscale", params={"seed": 5, "steps": 4}, content=lr_png, headers={"content-type": "image/png"}
+        )
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error while upscaling; the server log has the details"}
-    assert "upscale failed: steps=4 seed=5 samples=1 content-type=image/png" in caplog.text
+    assert "upscale failed: answer=samples steps=4 seed=5 samples=1 content-type=image/png" in caplog.text
     assert "onnxruntime exploded" in caplog.text  # the traceback is logged
     monkeypatch.undo()
     assert client.post("/upscale", content=lr_png, headers={"content-type": "image/png"}).status_code == 200
@@ -209,6 +235,25 @@ def test_without_samples_the_manifests_default_samples_are_averaged(
     assert one.headers["x-samples"] == "1" and one.json()["uncertainty_png_base64"] is None
 
 
+def test_a_manifest_without_the_estimate_keeps_the_loop_as_its_default(
+    tiny_engine_dir: Path, tmp_path: Path, lr_png: bytes
+) -> None:
+    """A model exported before the estimate existed (default_answer absent: "samples") answers as it always did."""
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_engine_dir, model_dir)
+    raw = json.loads((model_dir / "manifest.json").read_text())
+    del raw["sampler"]["default_answer"]
+    (model_dir / "manifest.json").write_text(json.dumps(raw))
+    with TestClient(create_app(Settings(engines_dir=tmp_path, model="tiny"))) as client:
+        response = client.post("/upscale", params={"seed": 2}, content=lr_png, headers={"content-type": "image/png"})
+        ready = client.get("/readyz").json()
+    assert response.status_code == 200, response.text
+    assert (response.headers["x-answer"], response.headers["x-steps"], response.headers["x-seed"]) == (
+        "samples", "4", "2"
+    )
+    assert ready["default_answer"] == "samples"
+
+
 def test_beyond_the_queue_it_answers_503_with_retry_after(engine_settings: Settings, lr_png: bytes) -> None:
     settings = engine_settings.model_copy(update={"max_queued_requests": 0, "max_batch": 1})
     app = create_app(settings)
@@ -218,13 +263,13 @@ def test_beyond_the_queue_it_answers_503_with_retry_after(engine_settings: Setti
     async def main() -> None:
         async with app.router.lifespan_context(app):
             pipeline = app.state.pipeline
-            real_upscale_batch = pipeline.upscale_batch
+            real_estimate_batch = pipeline.estimate_batch
 
-            def slow_upscale_batch(*args: object, **kwargs: object) -> object:
+            def slow_estimate_batch(*args: object, **kwargs: object) -> object:
                 release.wait(10)
-                return real_upscale_batch(*args, **kwargs)
+                return real_estimate_batch(*args, **kwargs)
 
-            pipeline.upscale_batch = slow_upscale_batch
+            pipeline.estimate_batch = slow_estimate_batch
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
 
@@ -316,13 +361,18 @@ def test_every_image_says_it_is_synthetic_and_what_made_it(client: TestClient, l
     assert text["Source"] == "tiny tiny-test (fp32)"
     made = "4x super-resolution of a 64x64 chest X-ray: 4 DDIM steps, mean of 2 samples, seeds 9 to 10"
     assert text["Description"] == made
-    assert {key: text[key] for key in ("xraysr-model-version", "xraysr-steps", "xraysr-samples", "xraysr-seed")} == {
-        "xraysr-model-version": "tiny-test", "xraysr-steps": "4", "xraysr-samples": "2", "xraysr-seed": "9"
+    keys = ("xraysr-model-version", "xraysr-answer", "xraysr-steps", "xraysr-samples", "xraysr-seed")
+    assert {key: text[key] for key in keys} == {
+        "xraysr-model-version": "tiny-test", "xraysr-answer": "samples", "xraysr-steps": "4", "xraysr-samples": "2",
+        "xraysr-seed": "9",
     }
     as_json = {"content-type": "image/png", "accept": "application/json"}
     body = client.post("/upscale", params={"seed": 9}, headers=as_json, content=lr_png).json()
     assert (body["software"], body["disclaimer"]) == (f"xraysr {__version__}", DISCLAIMER)
-    assert Image.open(io.BytesIO(base64.b64decode(body["image_png_base64"]))).text["xraysr-seed"] == "9"
+    assert (body["answer"], body["steps"], body["samples"], body["seed"]) == ("estimate", 1, 0, None)
+    estimate = Image.open(io.BytesIO(base64.b64decode(body["image_png_base64"]))).text
+    assert "xraysr-seed" not in estimate and estimate["xraysr-answer"] == "estimate"
+    assert estimate["Description"].endswith("the one-pass estimate (the network's posterior mean, no noise drawn)")
 
 
 def test_the_api_docs_load_nothing_from_the_internet(client: TestClient) -> None:

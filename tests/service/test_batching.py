@@ -66,6 +66,37 @@ def test_batched_answers_are_byte_identical_to_unbatched(
         assert metric(url, "xraysr_batch_samples_sum") == 2 * (8 + 1)
 
 
+def test_estimates_batch_together_apart_from_the_loop_and_answer_as_they_would_alone(
+    tiny_engine_dir: Path, lr_png_paths: list[Path], tmp_path: Path
+) -> None:
+    env = {"XRAYSR_MAX_BATCH": "8", "XRAYSR_MAX_BATCH_DELAY_MS": "500", "XRAYSR_MAX_QUEUED_REQUESTS": "16"}
+    bodies = [path.read_bytes() for path in lr_png_paths]
+    # Four estimates (one row each, seeds that must not matter) and one 1-sample loop at the default steps.
+    requests: list[tuple[int, dict[str, int]]] = [
+        (0, {"seed": 1}), (1, {}), (2, {"seed": 7}), (0, {"seed": 8}), (1, {"seed": 3, "samples": 1})
+    ]
+    with local_server_process(tiny_engine_dir.parent, tiny_engine_dir.name, env=env, log=tmp_path / "log") as (
+        url,
+        _,
+    ):
+
+        def post(request: tuple[int, dict[str, int]]) -> httpx.Response:
+            body, params = request
+            return httpx.post(f"{url}/upscale", params=params, content=bodies[body], headers=PNG, timeout=30)
+
+        with ThreadPoolExecutor(len(requests)) as pool:
+            together = list(pool.map(post, requests))
+        alone = [post(request) for request in requests]
+        assert all(response.status_code == 200 for response in together + alone)
+        assert [response.headers["x-answer"] for response in together] == ["estimate"] * 4 + ["samples"]
+        assert [response.headers["x-batch-samples"] for response in together] == ["4"] * 4 + ["1"]
+        for batched, single in zip(together, alone, strict=True):
+            assert batched.content == single.content
+        assert together[0].content == together[3].content  # the same image, other seeds: the same estimate
+        assert metric(url, "xraysr_upscale_answers_total", 'answer="estimate"') == 8
+        assert metric(url, "xraysr_upscale_answers_total", 'answer="samples"') == 2
+
+
 def test_four_concurrent_deflate_bombs_are_422_without_the_memory(tiny_engine_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("pydicom", reason="DICOM input needs pydicom")
     bomb = deflate_bomb(900 << 20)

@@ -10,13 +10,15 @@ import pytest
 
 from xraysr.service.bench import markdown, run_bench
 from xraysr.service.cli import main
-from xraysr.service.pipeline import SRPipeline, UpscaleResult
+from xraysr.service.pipeline import AnswerPlan, SRPipeline, UpscaleResult
+
+LOOP_2 = AnswerPlan("samples", 2, 1)
 
 
 def test_bench_measures_in_process_http_and_torch_in_one_run(tiny_engine_dir: Path, tiny_checkpoint: Path) -> None:
     image = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
     series = run_bench(
-        tiny_engine_dir.parent, tiny_engine_dir.name, image, steps=2, runs=3, http=True, checkpoint=tiny_checkpoint
+        tiny_engine_dir.parent, tiny_engine_dir.name, image, LOOP_2, runs=3, http=True, checkpoint=tiny_checkpoint
     )
     assert [entry.name for entry in series] == [
         "ONNX Runtime, in-process, fp32",
@@ -29,7 +31,7 @@ def test_bench_measures_in_process_http_and_torch_in_one_run(tiny_engine_dir: Pa
     }
     assert all(len(values) == 3 and min(values) >= 0 for entry in series for values in entry.seconds.values())
     assert all(min(entry.seconds["caller_wall"]) > 0 for entry in series)
-    report = markdown(series, "xraysr bench --steps 2 --runs 3", steps=2, runs=3)
+    report = markdown(series, "xraysr bench --steps 2 --runs 3", LOOP_2, runs=3)
     assert "Command: `xraysr bench --steps 2 --runs 3`" in report
     assert "| ONNX Runtime, in-process, fp32 | denoise |" in report
     assert "| 1.00× |" in report
@@ -48,10 +50,32 @@ def test_bench_samples_runs_every_request_with_k_samples(
 
     monkeypatch.setattr(SRPipeline, "upscale", spy)
     image = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
-    series = run_bench(tiny_engine_dir.parent, tiny_engine_dir.name, image, steps=2, runs=2, http=False, samples=4)
+    plan = AnswerPlan("samples", 2, 4)
+    series = run_bench(tiny_engine_dir.parent, tiny_engine_dir.name, image, plan, runs=2, http=False)
     assert requested == [4, 4, 4]  # the warm-up at the measured batch, then the runs
-    report = markdown(series, "xraysr bench --samples 4", steps=2, runs=2, samples=4)
-    assert "— 2 steps, 4 samples averaged per request, 2 runs each" in report
+    report = markdown(series, "xraysr bench --samples 4", plan, runs=2)
+    assert "— the loop, 2 steps, 4 samples averaged per request, 2 runs each" in report
+
+
+def test_bench_times_the_default_answer_and_both_precisions(
+    model_with_int8: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no --steps or --samples it times the estimate, at FP32 and INT8 in one run, whichever auto chose."""
+    estimates: list[int] = []
+    real_estimate = SRPipeline.estimate
+
+    def spy(self: SRPipeline, image: np.ndarray) -> UpscaleResult:
+        estimates.append(1)
+        return real_estimate(self, image)
+
+    monkeypatch.setattr(SRPipeline, "estimate", spy)
+    flags = ["--engines-dir", str(model_with_int8.parent), "--model", model_with_int8.name, "--threads", "1"]
+    assert main(["bench", "--runs", "2", "--no-http", "--precision", "int8", *flags]) == 0
+    report = capsys.readouterr().out
+    assert "the one-pass estimate (the default answer), 2 runs each" in report
+    assert "| ONNX Runtime, in-process, int8 | denoise |" in report
+    assert "| ONNX Runtime, in-process, fp32 | denoise |" in report
+    assert len(estimates) == 2 * 3  # each precision: a warm-up and two runs
 
 
 def test_bench_refuses_samples_it_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:

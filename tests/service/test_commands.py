@@ -90,7 +90,7 @@ def test_upscale_with_samples_writes_their_mean_and_uncertainty_map(
     np.testing.assert_array_equal(np.asarray(Image.open(output)), expected.image)
     np.testing.assert_array_equal(np.asarray(Image.open(spread)), uncertainty_levels(expected.uncertainty))
     out = capsys.readouterr().out
-    assert f"{output} (2 steps, mean of 3 samples (seeds 3…5), uncertainty " in out
+    assert f"{output} (2 DDIM steps, mean of 3 samples, seeds 3 to 5, uncertainty " in out
 
 
 def test_upscale_a_folder_with_samples(

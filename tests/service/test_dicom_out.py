@@ -153,9 +153,11 @@ def check_secondary_capture(answer: Any, source: Any, model_version: str, uid_ro
     assert list(answer.SoftwareVersions) == [f"xraysr {__version__}", model_version]
     # General Image
     assert list(answer.ImageType) == ["DERIVED", "SECONDARY"]
+    # The precision `auto` picks on this CPU, resolved as the server and the CLI resolve it.
+    precision = load_settings(engines_dir=DEFAULT_ENGINES).precision
     assert answer.DerivationDescription == (
-        f"xraysr {__version__}, model cxr-default {model_version} (fp32): 4x super-resolution of a 64x64 image, "
-        f"{STEPS} DDIM steps, 1 sample averaged, seed {SEED}. {DISCLAIMER}"
+        f"xraysr {__version__}, model cxr-default {model_version} ({precision}): 4x super-resolution of a 64x64 "
+        f"image, {STEPS} DDIM steps, seed {SEED}. {DISCLAIMER}"
     )
     assert answer.ImageComments == DISCLAIMER
     assert answer.BurnedInAnnotation == "NO"
@@ -403,9 +405,19 @@ def test_names_keep_their_character_set(lr_pixels: np.ndarray) -> None:
 
 def test_the_derivation_names_every_sample_seed(lr_pixels: np.ndarray) -> None:
     answer = secondary_capture_of(x_ray_dicom(lr_pixels, "MONOCHROME2"), lr_pixels, samples=4)
-    assert f"{STEPS} DDIM steps, 4 samples averaged, seeds {SEED} to {SEED + 3}. {DISCLAIMER}" in (
+    assert f"{STEPS} DDIM steps, mean of 4 samples, seeds {SEED} to {SEED + 3}. {DISCLAIMER}" in (
         answer.DerivationDescription
     )
+
+
+def test_the_estimates_derivation_names_no_seed(lr_pixels: np.ndarray) -> None:
+    from xraysr.service.dicom_out import derivation_description
+    from xraysr.service.manifest import read_manifest
+    from xraysr.service.pipeline import UpscaleResult
+
+    estimate = UpscaleResult(image=lr_pixels, steps=1, seed=None, samples=0, uncertainty=None)
+    text = derivation_description(estimate, read_manifest(DEFAULT_ENGINES / "cxr-default"))
+    assert "the one-pass estimate (the network's posterior mean, no noise drawn)" in text and "seed" not in text
 
 
 def test_a_deflated_input_makes_the_same_answer(lr_pixels: np.ndarray) -> None:

@@ -61,25 +61,46 @@ def _png_image(response: httpx.Response) -> Image.Image:
 
 def test_readyz_names_the_model(server: Server) -> None:
     ready = server.http.get("/readyz").json()
+    assert ready.pop("precision_choice").startswith("auto: fp32")  # the tiny model has no INT8 manifest
     assert ready == {
         "status": "ready",
         "model": "tiny",
         "version": "tiny-test",
         "backend": "onnxruntime",
         "precision": "fp32",
+        "default_answer": "estimate",
     }
 
 
 def test_a_real_x_ray_comes_back_256_grayscale_with_its_headers(server: Server, lr_png: bytes) -> None:
-    response = server.upscale(lr_png, params={"seed": 12345})
+    response = server.upscale(lr_png, params={"seed": 12345, "samples": 1})
     image = _png_image(response)
     assert (image.size, image.mode) == ((256, 256), "L")
     assert response.headers["x-seed"] == "12345"
     assert response.headers["x-steps"] == "4"
     assert response.headers["x-model-version"] == "tiny-test"
-    timing = dict(entry.split(";dur=") for entry in response.headers["server-timing"].split(", "))
+    timing = {
+        name: duration.split(";")[0]
+        for name, duration in (entry.split(";dur=") for entry in response.headers["server-timing"].split(", "))
+    }
     assert list(timing) == STAGES and all(float(ms) >= 0 for ms in timing.values())
     assert float(timing["total"]) >= float(timing["denoise"])
+
+
+def test_the_default_answer_is_one_pass_and_the_same_for_any_seed(server: Server, lr_png: bytes) -> None:
+    """On a real uvicorn: no sampling options → the estimate, one network pass, the same bytes for every seed."""
+    answers = [server.upscale(lr_png, params=params) for params in ({}, {"seed": 1}, {"seed": 2**31 - 1})]
+    assert all(answer.status_code == 200 for answer in answers)
+    assert answers[0].content == answers[1].content == answers[2].content
+    headers = answers[1].headers
+    assert (headers["x-answer"], headers["x-steps"], headers["x-samples"], "x-seed" in headers) == (
+        "estimate", "1", "0", False
+    )
+    assert 'denoise;dur=' in headers["server-timing"] and 'desc="1 pass"' in headers["server-timing"]
+    loop = server.upscale(lr_png, params={"seed": 1, "samples": 2})
+    assert (loop.headers["x-answer"], loop.headers["x-samples"], loop.headers["x-steps"]) == ("samples", "2", "4")
+    assert 'desc="4 steps x 2 samples"' in loop.headers["server-timing"]
+    assert loop.content != answers[0].content
 
 
 def test_the_same_seed_twice_gives_identical_bytes(server: Server, lr_png: bytes) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from xraysr.service.api.upscale import server_timing
 from xraysr.service.manifest import Manifest, load_manifest
-from xraysr.service.pipeline import SRPipeline, to_pixels
+from xraysr.service.pipeline import AnswerPlan, SRPipeline, choose_answer, to_pixels
 from xraysr.service.runtimes import load_runtime
 from xraysr.service.runtimes.onnxruntime import OnnxRuntime
 from xraysr.service.sampler import SEED_MAX
@@ -143,3 +143,62 @@ def test_a_model_with_a_step_graph_runs_its_host_loop_through_the_unet(tiny_step
     result = SRPipeline(manifest, runtime).upscale(LR, steps=3, seed=1)
     assert [component for component, _ in runtime.calls] == ["encoder", "unet", "unet", "unet", "decoder"]
     assert result.image.shape == (256, 256)
+
+
+# --- the one-pass estimate -----------------------------------------------------------------------------------
+
+
+def test_the_estimate_is_one_unet_pass_at_the_last_timestep_from_a_zero_latent(
+    recording: tuple[Manifest, _RecordingRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest, runtime = recording
+    fed: list[dict[str, np.ndarray]] = []
+    run = runtime.run
+
+    def remember(component: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if component == "unet":
+            fed.append({name: value.copy() for name, value in feeds.items()})
+        return run(component, feeds)
+
+    monkeypatch.setattr(runtime, "run", remember)
+    runtime.calls.clear()
+    result = SRPipeline(manifest, runtime).estimate(LR)
+    assert [component for component, _ in runtime.calls] == ["encoder", "unet", "decoder"]
+    noisy, timestep, _ = (spec.name for spec in manifest.components["unet"].inputs)
+    (feeds,) = fed
+    assert not feeds[noisy].any() and feeds[timestep].tolist() == [manifest.sampler.num_train_timesteps - 1]
+    assert (result.answer, result.steps, result.samples, result.seed, result.uncertainty) == (
+        "estimate", 1, 0, None, None
+    )
+
+
+def test_the_estimate_is_the_networks_x0_there_and_a_batch_changes_no_answer(tiny_engine_dir: Path) -> None:
+    """The DDIM step to alpha = 1 returns the predicted x0 for any prediction type (the tiny model is v-prediction),
+    and each image of a batch gets the answer it gets alone."""
+    manifest = load_manifest(tiny_engine_dir)
+    runtime = load_runtime("onnxruntime", manifest, tiny_engine_dir, threads=1)
+    pipeline = SRPipeline(manifest, runtime)
+    lr_latent = runtime.run("encoder", {"lr_image": (LR[None, None] / 127.5 - 1).astype(np.float32)})
+    last = manifest.sampler.num_train_timesteps - 1
+    feeds = {"noisy_latent": np.zeros_like(lr_latent), "timestep": np.array([last], np.float32), "lr_latent": lr_latent}
+    v = runtime.run("unet", feeds)
+    x0 = -np.sqrt(1 - manifest.sampler.alphas_cumprod[last]) * v  # v-prediction at x_t = 0
+    hr = runtime.run("decoder", {"hr_latent": (x0 / manifest.latent.target_scale + lr_latent).astype(np.float32)})
+    np.testing.assert_array_equal(pipeline.estimate(LR).image, to_pixels(hr[0, 0]))
+    other = LR[::-1].copy()
+    batch = pipeline.estimate_batch([LR, other, LR])
+    np.testing.assert_array_equal(batch[0].image, batch[2].image)
+    np.testing.assert_array_equal(batch[1].image, pipeline.estimate(other).image)
+
+
+def test_choose_answer_is_the_one_rule_for_every_caller(tiny_engine_dir: Path) -> None:
+    spec = load_manifest(tiny_engine_dir).sampler
+    assert choose_answer(spec) == AnswerPlan("estimate", 1, 0)
+    assert choose_answer(spec, steps=3) == AnswerPlan("samples", 3, spec.default_samples)
+    assert choose_answer(spec, samples=2) == AnswerPlan("samples", spec.default_steps, 2)
+    old = spec.model_copy(update={"default_answer": "samples"})
+    assert choose_answer(old) == AnswerPlan("samples", spec.default_steps, spec.default_samples)
+    with pytest.raises(ValueError, match="steps must be between 2 and 50 for model m, got 99"):
+        choose_answer(spec, steps=99, model="m")
+    with pytest.raises(ValueError, match="samples must be between 1 and 8"):
+        choose_answer(spec, samples=9)

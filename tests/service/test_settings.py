@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from xraysr.service.cpu_features import cpu_flags
 from xraysr.service.settings import PACKAGED_ENGINES_DIR, Settings, SettingsError, load_settings
 
 
@@ -30,7 +31,10 @@ def test_defaults_serve_the_default_model_on_loopback(engines: Path, monkeypatch
     # The packaged model, wherever the command runs from: the repository's engines/ through xraysr/engines.
     assert settings.model_dir == PACKAGED_ENGINES_DIR / "cxr-default"
     assert settings.model_dir.resolve() == (Path(__file__).resolve().parents[2] / "engines" / "cxr-default")
-    assert (settings.backend, settings.precision, settings.threads) == ("onnxruntime", "fp32", None)
+    assert (settings.backend, settings.threads) == ("onnxruntime", None)
+    # auto: int8 where this CPU has VNNI or AMX (the default model ships manifest.int8.json), else fp32.
+    expected = "int8" if {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags() else "fp32"
+    assert settings.precision == expected and settings.precision_choice.startswith(f"auto: {expected}")
     assert (settings.max_concurrent_requests, settings.max_queued_requests) == (1, 8)
     assert settings.max_body_bytes == 1048576
     assert settings.log_level == "INFO"
@@ -52,7 +56,7 @@ def test_environment_then_flags(engines: Path, monkeypatch: pytest.MonkeyPatch) 
         ({"port": 0}, "port: Input should be greater than or equal to 1 (got 0)"),
         ({"port": 65536}, "port: Input should be less than or equal to 65535 (got 65536)"),
         ({"backend": "cuda"}, "backend: Input should be 'onnxruntime' or 'tensorrt' (got 'cuda')"),
-        ({"precision": "int4"}, "precision: Input should be 'fp32', 'fp16' or 'int8' (got 'int4')"),
+        ({"precision": "int4"}, "precision: Input should be 'auto', 'fp32', 'fp16' or 'int8' (got 'int4')"),
         ({"threads": 0}, "threads: Input should be greater than or equal to 1 (got 0)"),
         ({"max_concurrent_requests": 0}, "max_concurrent_requests: Input should be greater than or equal to 1"),
         ({"max_queued_requests": -1}, "max_queued_requests: Input should be greater than or equal to 0"),

@@ -236,6 +236,25 @@ def test_the_device_loop_uploads_its_schedule_once_per_step_count(
     assert fakes.htod_copies_to(sample) == 3
 
 
+def test_the_estimate_runs_on_the_device_loop_as_one_step_graph_call(
+    fakes: ModuleType, tiny_step_engine_dir: Path, tmp_path: Path
+) -> None:
+    """TensorRT's estimate: unet_step once at the last timestep stepping to alpha = 1 (x0 itself), from zeros."""
+    manifest = load_manifest(tiny_step_engine_dir)
+    runtime = runtime_module().TensorRTRuntime(manifest, tiny_step_engine_dir, "fp32", tmp_path)
+    reference = SRPipeline(manifest, OnnxRuntime(manifest, tiny_step_engine_dir, threads=1))
+    try:
+        schedule = int(runtime._schedule.device)
+        pipeline = SRPipeline(manifest, runtime)
+        actual = pipeline.estimate_batch([lr_image(), lr_image().T.copy()])
+        expected = reference.estimate_batch([lr_image(), lr_image().T.copy()])
+        for device, host in zip(actual, expected, strict=True):
+            assert device.answer == "estimate" and np.abs(device.image.astype(int) - host.image.astype(int)).max() <= 1
+        assert fakes.htod_copies_to(schedule) == 1  # one step's timestep and alphas
+    finally:
+        runtime.close()
+
+
 def test_gpu_seconds_are_kept_per_thread(fakes: ModuleType, tiny_engine_dir: Path, tmp_path: Path) -> None:
     manifest = load_manifest(tiny_engine_dir)
     runtime = runtime_module().TensorRTRuntime(manifest, tiny_engine_dir, "fp32", tmp_path)

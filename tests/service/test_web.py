@@ -85,6 +85,7 @@ def test_config_gives_the_manifests_ranges(client: TestClient) -> None:
         "max_steps": manifest.sampler.max_steps,
         "default_steps": manifest.sampler.default_steps,
         "default_samples": manifest.sampler.default_samples,
+        "default_answer": manifest.sampler.default_answer,
         "max_samples": 8,
         "lr_size": 64,
         "hr_size": 256,
@@ -173,7 +174,7 @@ def _open(browser: Any, url: str) -> None:
     from selenium.common.exceptions import TimeoutException
 
     try:
-        _wait(browser, lambda: browser.execute_script("return document.getElementById('steps').disabled === false"))
+        _wait(browser, lambda: browser.execute_script("return document.getElementById('answer').disabled === false"))
     except TimeoutException:
         pytest.fail(f"the page never became ready; its console: {browser.get_log('browser')}")
 
@@ -271,6 +272,7 @@ def test_a_64x64_xray_fills_all_five_panels_zooms_them_together_and_downloads(br
     from selenium.webdriver.support.select import Select
 
     _open(browser, server)
+    Select(browser.find_element("id", "answer")).select_by_value("samples")  # the loop: steps, samples, seed
     browser.find_element("id", "steps").send_keys(Keys.HOME)  # the manifest's minimum: the fastest run
     Select(browser.find_element("id", "samples")).select_by_value("2")
     browser.find_element("id", "seed").send_keys(str(SEED))
@@ -330,6 +332,7 @@ def test_a_full_size_xray_is_reduced_by_the_training_recipe_and_shown_as_sent(
     from selenium.webdriver.support.select import Select
 
     _open(browser, server)
+    Select(browser.find_element("id", "answer")).select_by_value("samples")  # the loop: steps, samples, seed
     browser.find_element("id", "steps").send_keys(Keys.HOME)
     Select(browser.find_element("id", "samples")).select_by_value("2")
     browser.find_element("id", "seed").send_keys(str(SEED))  # the same screenshot every time
@@ -357,6 +360,7 @@ def test_a_64x64_dicom_comes_back_as_a_dicom_with_the_pixels_shown(browser: Any,
     from pydicom import dcmread
     from pydicom.uid import generate_uid
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.select import Select
 
     from tests.service.dicom_files import dicom_file
     from xraysr.service.imaging import decode_image
@@ -371,6 +375,7 @@ def test_a_64x64_dicom_comes_back_as_a_dicom_with_the_pixels_shown(browser: Any,
     browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
 
     _open(browser, server)
+    Select(browser.find_element("id", "answer")).select_by_value("samples")  # the loop: steps, samples, seed
     browser.find_element("id", "steps").send_keys(Keys.HOME)
     browser.find_element("id", "seed").send_keys(str(SEED))
     _choose(browser, upload)
@@ -403,7 +408,18 @@ def test_on_a_server_with_an_api_key_the_page_asks_for_it_and_then_works(browser
         browser.find_element("id", "api-key").send_keys(key)
         _choose(browser, LR_XRAY)
         assert not browser.find_element("id", "error").is_displayed()
-        assert re.fullmatch(r"\d+", _text(browser, "fact-seed"))  # blank seed field: the server drew one
+        # The default answer: the one-pass estimate, no noise drawn, the server's bytes for a request with no options.
+        assert (_text(browser, "fact-answer"), _text(browser, "fact-steps")) == ("one-pass estimate", "1")
+        assert _text(browser, "fact-seed").startswith("none")
+        assert browser.find_element("id", "steps").get_attribute("disabled") is not None
+        expected = httpx.post(
+            f"{url}/upscale",
+            content=LR_XRAY.read_bytes(),
+            headers={"content-type": "image/png", "authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert browser.find_element("id", "download-png").get_attribute("download").endswith("_xraysr_estimate.png")
+        np.testing.assert_array_equal(_pixels(_downloaded_png(browser)), _pixels(expected.content))
         # The key stays in the field: nothing the page can read back later holds it.
         stored = browser.execute_script(
             "return JSON.stringify([{...localStorage}, {...sessionStorage}, document.cookie])"

@@ -250,3 +250,24 @@ def test_degrade_reproduces_the_prepared_lr_images(cxr_root: Path) -> None:
     assert (difference > 0).float().mean() < 0.005
     blurred = F.avg_pool2d(hr, 4)
     assert (to_uint8(blurred).int() - lr.int()).abs().float().mean() > 5 * difference.float().mean()
+
+
+def test_sources_keep_only_those_sources_images(cxr_root: Path, tmp_path: Path) -> None:
+    """A leave-one-source-out run: the dataset holds the named sources only, and an unknown one is an error."""
+    rows = [line.split(",") for line in (cxr_root / "splits.csv").read_text().splitlines()[1:]]
+    root = tmp_path / "two_sources"
+    for folder in ("HR_256", "LR_64"):
+        (root / folder).mkdir(parents=True)
+        for name, *_ in rows:
+            (root / folder / name).symlink_to((cxr_root / folder / name).resolve())
+    with (root / "splits.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", "patient_id", "view", "split", "source"])
+        for index, (name, patient, view, split) in enumerate(rows):
+            writer.writerow([name, patient, view, split, "cxr" if index % 2 else "nih"])
+    everything = PairDataset(DataConfig(root=root), "train")
+    without_cxr = PairDataset(DataConfig(root=root, sources=("nih",)), "train")
+    assert without_cxr.filenames == [name for index, (name, *_) in enumerate(rows) if index % 2 == 0 and index < 5]
+    assert len(everything) == 5 > len(without_cxr)
+    with pytest.raises(ValueError, match=r"no images of sources \['pediatric'\]"):
+        PairDataset(DataConfig(root=root, sources=("nih", "pediatric")), "train")
