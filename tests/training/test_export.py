@@ -128,3 +128,31 @@ def test_evaluate_served_scores_the_engines_through_a_real_server(
     with pytest.raises(ValueError, match="no 'test' images"):
         evaluate_served(tiny_engine_dir.parent, tiny_engine_dir.name, tiny_cxr_root, "test", tmp_path / "none",
                         steps=2, seed=0, sources=["pediatric"])
+
+    # No steps or samples: the model's default answer, the estimate; --shift scores on shifted films.
+    default = evaluate_served(tiny_engine_dir.parent, tiny_engine_dir.name, tiny_cxr_root, "test",
+                              tmp_path / "default", steps=None, seed=0, shift=True)
+    assert (default["settings"]["answer"], default["settings"]["steps"], default["settings"]["samples"]) == (
+        "estimate", 1, 0
+    )
+    assert default["settings"]["shift"]
+    assert "the one-pass estimate" in (tmp_path / "default" / "served_report.md").read_text()
+    assert [r["psnr_bicubic"] for r in default["per_image"]] != dataset_bicubic  # scored against the shifted films
+
+
+def test_a_shifted_film_is_reproducible_and_beyond_the_trained_ranges() -> None:
+    from xraysr.training.config import AcquisitionConfig
+    from xraysr.training.evaluate_served import SHIFT, shifted_film
+
+    hr = np.add.outer(np.arange(256), np.arange(256)).astype(np.uint8)
+    films = [shifted_film(hr, seed=0, index=index) for index in range(8)]
+    assert all(np.array_equal(film, shifted_film(hr, 0, index)[0]) for index, (film, _) in enumerate(films))
+    assert any(not np.array_equal(film, hr) for film, _ in films)
+    assert any(applied != films[0][1] for _, applied in films)
+    trained = AcquisitionConfig()  # the ranges configs/sr_v3.yaml trains on
+    assert SHIFT.unsharp_amount.low >= trained.unsharp_amount.high
+    assert SHIFT.noise_sigma.low >= trained.noise_sigma.high
+    assert SHIFT.jpeg_quality.high <= trained.jpeg_quality.low
+    assert SHIFT.resolution_size.high <= trained.resolution_size.low
+    assert SHIFT.local_contrast_gain.low >= trained.local_contrast_gain.high
+    assert SHIFT.tone_gamma.low >= trained.tone_gamma.high
