@@ -176,7 +176,9 @@ def run_bench(
     sample, for a loop ``plan`` only)."""
     model_dir = engines_dir / model
     has_int8 = (model_dir / manifest_name("int8")).is_file()
-    others: list[Precision] = [other for other in ("fp32", "int8") if other != precision and (other != "int8" or has_int8)]
+    others: list[Precision] = [
+        other for other in ("fp32", "int8") if other != precision and (other != "int8" or has_int8)
+    ]
     series = []
     for each in [precision, *others]:
         manifest = load_manifest(model_dir, each)

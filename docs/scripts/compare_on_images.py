@@ -1,8 +1,8 @@
-"""Scores of served reports on one set of images: the images both reports scored, or the ones of a third
-(e.g. the 96 adult validation images of docs/scripts/estimate_input.py), so that candidates compare fairly.
+"""Scores of served reports on one set of images: the images every report scored, or those of them in a JSON list
+of file names (e.g. the 96 adult validation images of docs/scripts/estimate_input.py), so candidates compare fairly.
 
     python docs/scripts/compare_on_images.py runs/eval/val/v3_2500_estimate runs/eval/val/v3_2000_estimate \
-        [--like runs/estimate_input/v2.1.1_val_files.json]
+        [--files runs/estimate_input/val96_files.json]
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def main() -> None:
     if args.files:
         common &= set(json.loads(args.files.read_text()))
     print(f"{len(common)} images")
-    print("| report | ΔPSNR vs bicubic | ΔSSIM | wins vs bicubic | wins vs bilinear | p50 ms |\n|---|---|---|---|---|---|")
+    print("| report | ΔPSNR vs bicubic | ΔSSIM | wins vs bicubic | wins vs bilinear | p50 ms |")
+    print("|---|---|---|---|---|---|")
     for path, report in reports.items():
         rows = [row for row in report["per_image"] if row["filename"] in common]
         delta = np.array([row["psnr_model"] - row["psnr_bicubic"] for row in rows])

@@ -25,6 +25,7 @@ from scipy.stats import spearmanr
 from xraysr.service.consistency import bicubic_upscale, enforce_consistency, lr_consistency_psnr
 from xraysr.service.engine import load_pipeline
 from xraysr.service.imaging import encode_png
+from xraysr.service.pipeline import choose_answer
 from xraysr.service.settings import Settings
 from xraysr.training.data import read_splits
 from xraysr.training.metrics import psnr, ssim
@@ -40,8 +41,8 @@ def _rows(data_root: Path, split: str, group: str) -> dict[str, str]:
 
 
 def _upscale_all(filenames: list[str], data_root: Path, outputs: Path, seed: int) -> tuple[int, int, str]:
-    pipeline = load_pipeline(Settings(), warm_up=False)
-    sampler = pipeline.manifest.sampler
+    pipeline = load_pipeline(Settings(precision="fp32"), warm_up=False)
+    plan = choose_answer(pipeline.manifest.sampler)  # the default answer: the estimate for cxr-default 3.x
     outputs.mkdir(parents=True, exist_ok=True)
     # Kept outputs are only scored again: they must come from the model being reported.
     made_by = outputs / "model_version.txt"
@@ -57,11 +58,11 @@ def _upscale_all(filenames: list[str], data_root: Path, outputs: Path, seed: int
         if target.is_file():
             continue
         lr = np.array(Image.open(data_root / "LR_64" / filename))
-        result = pipeline.upscale(lr, steps=sampler.default_steps, seed=seed, samples=sampler.default_samples)
+        result = pipeline.answer(lr, plan, seed)
         target.write_bytes(encode_png(result.image))
         if index % 20 == 0:
             print(f"{index + 1}/{len(filenames)} upscaled, {time.monotonic() - started:.0f} s", flush=True)
-    return sampler.default_steps, sampler.default_samples, pipeline.manifest.version
+    return plan.steps, plan.samples, pipeline.manifest.version
 
 
 def _score(filename: str, data_root: Path, outputs: Path, iterations: int) -> dict[str, float | str]:
