@@ -57,9 +57,10 @@ def load_pipeline(settings: Settings, warm_up: bool = True) -> SRPipeline:
         started = time.perf_counter()
         size = manifest.image.lr_size
         # The default answer's shape: ONNX Runtime allocates per input shape, and most requests have that one.
-        blank = np.zeros((size, size), np.uint8)
         plan = choose_answer(manifest.sampler)
-        pipeline.answer(blank, dataclasses.replace(plan, steps=manifest.sampler.min_steps) if plan.samples else plan, 0)
+        if plan.answer == "samples":  # the loop's shapes are the same at any step count: its fewest will do
+            plan = dataclasses.replace(plan, steps=manifest.sampler.min_steps)
+        pipeline.answer(np.zeros((size, size), np.uint8), plan, seed=0)
         logger.info("warm-up upscale took %.0f ms", 1000 * (time.perf_counter() - started))
     logger.info(
         "loaded %s %s (%s, %s; precision %s; default answer: %s) from %s",

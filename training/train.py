@@ -98,6 +98,22 @@ def validate(
     return {name: value / count for name, value in totals.items()}, comparison_grid(rows)
 
 
+def init_unet(unet: UNetLite, config: SRTrainConfig) -> float:
+    """Loads ``config.init_from``'s (EMA) weights into ``unet`` and returns the target scale they were trained at;
+    a config naming another scale is refused, since the network's outputs would be mis-scaled."""
+    assert config.init_from is not None
+    initial = load_checkpoint(config.init_from)
+    unet.load_state_dict(initial["ema"])
+    scale = float(initial["target_scale"])
+    if config.diffusion.target_scale != "auto" and abs(float(config.diffusion.target_scale) - scale) > 1e-6:
+        raise ValueError(
+            f"init_from {config.init_from} was trained at target_scale {scale}, the config says "
+            f"{config.diffusion.target_scale}: the network's outputs would be mis-scaled"
+        )
+    logger.info("UNet initialised from %s", config.init_from)
+    return scale
+
+
 def estimate_share(batch_size: int, fraction: float) -> int:
     """Rows of a batch trained on the estimate's input: round(fraction × batch), at least one when fraction > 0."""
     if fraction <= 0:
@@ -139,16 +155,6 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
     )
 
     step = 0
-    if start_checkpoint is None and config.init_from is not None:
-        initial = load_checkpoint(config.init_from)
-        unet.load_state_dict(initial["ema"])
-        config_scale = config.diffusion.target_scale
-        if config_scale != "auto" and abs(float(config_scale) - initial["target_scale"]) > 1e-6:
-            raise ValueError(
-                f"init_from {config.init_from} was trained at target_scale {initial['target_scale']}, the config "
-                f"says {config_scale}: the network's outputs would be mis-scaled"
-            )
-        logger.info("UNet initialised from %s", config.init_from)
     if start_checkpoint is not None:
         state = load_checkpoint(start_checkpoint)
         unet.load_state_dict(state["unet"])
@@ -159,7 +165,7 @@ def train_sr(config: SRTrainConfig, resume: str | Path | None = "auto") -> Path:
         ema.model.load_state_dict(state["ema"])
         logger.info("resumed from %s at step %d", start_checkpoint, step)
     elif config.init_from is not None:
-        target_scale = float(initial["target_scale"])
+        target_scale = init_unet(unet, config)
         ema = EMA(unet, config.optim.ema_decay)
     else:
         target_scale = (

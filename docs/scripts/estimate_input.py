@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from xraysr.service.engine import load_pipeline
-from xraysr.service.pipeline import to_pixels
+from xraysr.service.pipeline import SRPipeline, to_pixels
 from xraysr.service.sampler import DDIMSampler, estimate_input, initial_noise
 from xraysr.service.settings import load_settings
 from xraysr.training.data import read_splits
@@ -27,8 +27,14 @@ from xraysr.training.metrics import bicubic_upscale, psnr, ssim
 ADULT = ("nih_starter", "nih", "cxr", "nih_more")
 
 
-def one_pass(pipeline, lr: np.ndarray, starts: list[np.ndarray]) -> np.ndarray:
-    """The mean over ``starts`` of the decoded x0 predicted at the last timestep from each start."""
+def fp32_pipeline(engines: Path, threads: int) -> SRPipeline:
+    """The model folder ``engines`` (engines/<model>) in-process, FP32 (whatever `auto` would pick here)."""
+    settings = load_settings(engines_dir=engines.parent, model=engines.name, precision="fp32", threads=threads)
+    return load_pipeline(settings, warm_up=False)
+
+
+def estimate_latents(pipeline: SRPipeline, lr: np.ndarray, starts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(lr_latent, x0 / target_scale) for each start: the UNet's x0 at the last timestep, the estimate's residual."""
     manifest, runtime = pipeline.manifest, pipeline.runtime
     sampler = DDIMSampler(manifest.sampler)
     (timestep,) = sampler.set_estimate()
@@ -39,8 +45,13 @@ def one_pass(pipeline, lr: np.ndarray, starts: list[np.ndarray]) -> np.ndarray:
         "unet",
         {"noisy_latent": sample, "timestep": np.full(len(starts), timestep, np.float32), "lr_latent": lr_latent},
     )
-    x0 = sampler.step(prediction, int(timestep), sample)
-    hr = runtime.run("decoder", {"hr_latent": (x0 / manifest.latent.target_scale + lr_latent).astype(np.float32)})
+    return lr_latent, sampler.step(prediction, int(timestep), sample) / manifest.latent.target_scale
+
+
+def one_pass(pipeline: SRPipeline, lr: np.ndarray, starts: list[np.ndarray]) -> np.ndarray:
+    """The mean over ``starts`` of the decoded x0 predicted at the last timestep from each start."""
+    lr_latent, residual = estimate_latents(pipeline, lr, starts)
+    hr = pipeline.runtime.run("decoder", {"hr_latent": (residual + lr_latent).astype(np.float32)})
     return to_pixels(hr[:, 0].mean(0))
 
 
@@ -53,10 +64,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    settings = load_settings(
-        engines_dir=args.engines.parent, model=args.engines.name, precision="fp32", threads=args.threads
-    )
-    pipeline = load_pipeline(settings, warm_up=False)
+    pipeline = fp32_pipeline(args.engines, args.threads)
     spec = pipeline.manifest.sampler
     rows = [row for row in read_splits(args.data) if row.split == args.split and row.source in ADULT]
     rows = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, min(args.limit, len(rows))).round().astype(int))]

@@ -16,12 +16,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+# The script's folder is on sys.path when it runs: the estimate's arithmetic is estimate_input.py's, not a copy.
+from estimate_input import estimate_latents, fp32_pipeline
 from PIL import Image
 
-from xraysr.service.engine import load_pipeline
 from xraysr.service.pipeline import to_pixels
-from xraysr.service.sampler import DDIMSampler, estimate_input
-from xraysr.service.settings import load_settings
+from xraysr.service.sampler import estimate_input
 from xraysr.training.data import read_splits
 from xraysr.training.metrics import bicubic_upscale, psnr, ssim
 
@@ -37,25 +38,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    settings = load_settings(
-        engines_dir=args.engines.parent, model=args.engines.name, precision="fp32", threads=args.threads
-    )
-    pipeline = load_pipeline(settings, warm_up=False)
+    pipeline = fp32_pipeline(args.engines, args.threads)
     manifest, runtime = pipeline.manifest, pipeline.runtime
     sources = args.sources.split(",")
     rows = [row for row in read_splits(args.data) if row.split == args.split and row.source in sources]
-    sampler = DDIMSampler(manifest.sampler)
-    (timestep,) = sampler.set_estimate()
     shape = (1, manifest.latent.channels, manifest.latent.size, manifest.latent.size)
     scores: dict[float, list[tuple[float, float, float]]] = {alpha: [] for alpha in ALPHAS}
     for row in rows:
         hr = np.array(Image.open(args.data / "HR_256" / row.filename))
         lr = np.array(Image.open(args.data / "LR_64" / row.filename))
         bicubic = psnr(bicubic_upscale(lr, 256), hr)
-        lr_latent = runtime.run("encoder", {"lr_image": (lr[None, None] / 127.5 - 1).astype(np.float32)})
-        start = estimate_input(shape)
-        feeds = {"noisy_latent": start, "timestep": np.array([timestep], np.float32), "lr_latent": lr_latent}
-        x0 = sampler.step(runtime.run("unet", feeds), int(timestep), start) / manifest.latent.target_scale
+        lr_latent, x0 = estimate_latents(pipeline, lr, [estimate_input(shape)])
         for alpha in ALPHAS:
             hr_latent = (lr_latent + alpha * x0).astype(np.float32)
             image = to_pixels(runtime.run("decoder", {"hr_latent": hr_latent})[0, 0])

@@ -216,43 +216,43 @@ def test_lr_latent_goes_to_the_gpu_once_per_request(fakes: ModuleType, tiny_engi
         runtime.close()
 
 
-def test_the_device_loop_uploads_its_schedule_once_per_step_count(
-    fakes: ModuleType, tiny_step_engine_dir: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+def device_loop(fakes: ModuleType, tiny_step_engine_dir: Path, tmp_path: Path) -> Iterator[tuple[Any, SRPipeline]]:
+    """The step-graph model on fake TensorRT (FP32), and the same model's ONNX Runtime pipeline to compare with."""
     manifest = load_manifest(tiny_step_engine_dir)
     runtime = runtime_module().TensorRTRuntime(manifest, tiny_step_engine_dir, "fp32", tmp_path)
-    reference = SRPipeline(manifest, OnnxRuntime(manifest, tiny_step_engine_dir, threads=1))
     try:
-        schedule = int(runtime._schedule.device)
-        sample = int(runtime._engines["unet_step"].buffers.tensors["sample"].device)
-        for steps in (4, 4, 5):
-            # The same seed every time: the sample must still go up (the last loop overwrote it on the GPU).
-            actual = SRPipeline(manifest, runtime).upscale(lr_image(), steps=steps, seed=3)
-            expected = reference.upscale(lr_image(), steps=steps, seed=3)
-            assert np.abs(actual.image.astype(int) - expected.image.astype(int)).max() <= 1
-        assert fakes.htod_copies_to(schedule) == 2  # for 4 steps, then for 5
+        yield runtime, SRPipeline(manifest, OnnxRuntime(manifest, tiny_step_engine_dir, threads=1))
     finally:
         runtime.close()
+
+
+def test_the_device_loop_uploads_its_schedule_once_per_step_count(
+    fakes: ModuleType, device_loop: tuple[Any, SRPipeline]
+) -> None:
+    runtime, reference = device_loop
+    schedule = int(runtime._schedule.device)
+    sample = int(runtime._engines["unet_step"].buffers.tensors["sample"].device)
+    for steps in (4, 4, 5):
+        # The same seed every time: the sample must still go up (the last loop overwrote it on the GPU).
+        actual = SRPipeline(reference.manifest, runtime).upscale(lr_image(), steps=steps, seed=3)
+        expected = reference.upscale(lr_image(), steps=steps, seed=3)
+        assert np.abs(actual.image.astype(int) - expected.image.astype(int)).max() <= 1
+    assert fakes.htod_copies_to(schedule) == 2  # for 4 steps, then for 5
     assert fakes.htod_copies_to(sample) == 3
 
 
 def test_the_estimate_runs_on_the_device_loop_as_one_step_graph_call(
-    fakes: ModuleType, tiny_step_engine_dir: Path, tmp_path: Path
+    fakes: ModuleType, device_loop: tuple[Any, SRPipeline]
 ) -> None:
     """TensorRT's estimate: unet_step once at the last timestep stepping to alpha = 1 (x0 itself), from zeros."""
-    manifest = load_manifest(tiny_step_engine_dir)
-    runtime = runtime_module().TensorRTRuntime(manifest, tiny_step_engine_dir, "fp32", tmp_path)
-    reference = SRPipeline(manifest, OnnxRuntime(manifest, tiny_step_engine_dir, threads=1))
-    try:
-        schedule = int(runtime._schedule.device)
-        pipeline = SRPipeline(manifest, runtime)
-        actual = pipeline.estimate_batch([lr_image(), lr_image().T.copy()])
-        expected = reference.estimate_batch([lr_image(), lr_image().T.copy()])
-        for device, host in zip(actual, expected, strict=True):
-            assert device.answer == "estimate" and np.abs(device.image.astype(int) - host.image.astype(int)).max() <= 1
-        assert fakes.htod_copies_to(schedule) == 1  # one step's timestep and alphas
-    finally:
-        runtime.close()
+    runtime, reference = device_loop
+    schedule = int(runtime._schedule.device)
+    images = [lr_image(), lr_image().T.copy()]
+    actual = SRPipeline(reference.manifest, runtime).estimate_batch(images)
+    for device, host in zip(actual, reference.estimate_batch(images), strict=True):
+        assert device.answer == "estimate" and np.abs(device.image.astype(int) - host.image.astype(int)).max() <= 1
+    assert fakes.htod_copies_to(schedule) == 1  # one step's timestep and alphas
 
 
 def test_gpu_seconds_are_kept_per_thread(fakes: ModuleType, tiny_engine_dir: Path, tmp_path: Path) -> None:
