@@ -14,13 +14,15 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from xraysr.service import __version__
 from xraysr.service.api import metrics, probes, shrink, ui, upscale
+from xraysr.service.api.browser import BrowserGuard
 from xraysr.service.api.docs import add_offline_docs
 from xraysr.service.api.errors import add_error_handlers
 from xraysr.service.batching import Batcher
-from xraysr.service.concurrency import Admission
+from xraysr.service.concurrency import Admission, ByteBudget
 from xraysr.service.engine import load_pipeline
 from xraysr.service.lifecycle import Lifecycle
 from xraysr.service.metrics import RequestMetricsMiddleware, ServiceMetrics
@@ -91,10 +93,21 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
     )
     app.state.settings, app.state.metrics, app.state.pipeline = settings, ServiceMetrics(), None
     app.state.lifecycle, app.state.admission, app.state.batcher = Lifecycle(), None, None
+    app.state.shrink_uploads = ByteBudget(settings.shrink_upload_budget_bytes)
     for module in (upscale, shrink, probes, metrics, ui):
         app.include_router(module.router)
     add_error_handlers(app)
     add_offline_docs(app)
+    # Added innermost first: metrics (outermost) count what the guard refuses; CORS answers listed origins' preflights.
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Timeout"],
+            expose_headers=["*"],
+        )
+    app.add_middleware(BrowserGuard, trusted_hosts=settings.trusted_hosts, allowed_origins=settings.allowed_origins)
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=app.state.metrics,

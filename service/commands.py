@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from xraysr.service.file_commands import INPUT_TYPES, settings_from, shrink_files, upscale_files
+from xraysr.service.file_commands import INPUT_TYPES, seed_argument, settings_from, shrink_files, upscale_files
 from xraysr.service.manifest import MAX_SAMPLES
 
 
@@ -79,7 +79,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         type=Path,
         required=True,
         help="output .png (or folder) for a file, or .dcm for a DICOM input: a DICOM Secondary Capture in the "
-        "input's study (one new series per invocation and study); a folder for a folder",
+        "input's study (one new series per invocation and study); a folder for a folder (never an input's path)",
     )
     upscale.add_argument(
         "--steps",
@@ -88,7 +88,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "default answer, the one-pass estimate)",
     )
     upscale.add_argument(
-        "--seed", type=int, default=0, help="the loop's noise seed (default 0: reruns give identical files)"
+        "--seed",
+        type=seed_argument,
+        default=0,
+        help="the loop's noise seed, 0..2147483647 (default 0: reruns give identical files)",
     )
     upscale.add_argument(
         "--samples",
@@ -112,7 +115,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     shrink.add_argument("input", type=Path, help="a .png or .dcm X-ray (short side at least 256), or a folder of them")
     shrink.add_argument(
-        "-o", "--output", type=Path, required=True, help="output .png (or folder) for a file; a folder for a folder"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output .png (or folder) for a file; a folder for a folder (never an input's path)",
     )
     shrink.set_defaults(handler=shrink_files)
 

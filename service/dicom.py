@@ -4,8 +4,10 @@ pydicom is imported when the first DICOM body arrives, so a PNG-only deployment 
 
 Nothing is allocated that the header has not bounded first. pydicom inflates a Deflated-transfer-syntax
 dataset whole before it reads a single element (a 1 MB body can become 1 GB), so the file meta is read here
-and the dataset inflated with a cap of ``MAX_DATASET_BYTES``; an encapsulated (JPEG, JPEG 2000) frame declares
-its own size, which is checked against Rows and Columns before its codec allocates anything.
+and the dataset inflated with a cap that follows the caller's pixel limit (``inflate_limit``). Before pydicom
+parses anything, the file's elements are counted and its sequences' depth measured (dicom_structure.py). An
+encapsulated (JPEG, JPEG 2000) frame declares its own size, which is checked against Rows and Columns before its
+codec allocates anything, and a JPEG frame's scans are counted (codec_limits.py): each is a full decoding pass.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from xraysr.service.codec_limits import check_jpeg_scans
+from xraysr.service.dicom_structure import check_structure
 from xraysr.service.image_errors import (
+    ANY_SIZE,
     DICOM_ERRORS,
     ImageError,
     InvalidImage,
@@ -30,9 +35,14 @@ from xraysr.service.image_errors import (
 )
 
 DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 RLE_TRANSFER_SYNTAX = "1.2.840.10008.1.2.5"
-# An xraysr input's dataset is a few kB of attributes and 8 kB of pixels; 4 MiB leaves room for private tags.
-MAX_DATASET_BYTES = 4 << 20
+# JPEG baseline, extended, lossless (process 14, and its first-order predictor), JPEG-LS lossless and near-lossless
+JPEG_TRANSFER_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81))
+PREAMBLE_AND_MAGIC = bytes(128) + b"DICM"
+# An X-ray's attributes are a few kB; 4 MiB leaves room for private tags.
+MAX_HEADER_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,8 @@ def decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.n
     errors = (InvalidDicomError, BytesLengthException, *DICOM_ERRORS)
     # 1. Parse and read the header, inflating a deflated dataset with a cap.
     try:
-        dataset = read_dicom_dataset(data)
+        # A caller that takes one size inflates no more than that size needs.
+        dataset = read_dicom_dataset(data, expected_size**2 if expected_size != ANY_SIZE else max_pixels)
     except ImageError:
         raise
     except errors as error:
@@ -97,28 +108,41 @@ def decode_dicom(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.n
     return _dicom_to_gray8(stored, header)
 
 
-def read_dicom_dataset(data: bytes) -> Any:  # a pydicom Dataset
-    """``pydicom.dcmread``, except that a deflated dataset is inflated here, never past MAX_DATASET_BYTES."""
+def read_dicom_dataset(data: bytes, max_pixels: int = 64 * 64) -> Any:  # a pydicom Dataset
+    """``pydicom.dcmread``, bounded: the file meta and the dataset are walked first (dicom_structure.py: element
+    count, sequence depth), and a deflated dataset is inflated here, never past ``inflate_limit(max_pixels)``."""
     import pydicom
     from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 
+    meta_end = check_structure(data, len(PREAMBLE_AND_MAGIC), implicit=False, little_endian=True, meta_only=True)
     stream = BytesIO(data)
     read_preamble(stream, False)
     meta = _read_file_meta_info(stream)
-    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_TRANSFER_SYNTAX:
+    transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
+    if transfer_syntax != DEFLATED_TRANSFER_SYNTAX:
+        implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+        check_structure(data, meta_end, implicit=implicit, little_endian=transfer_syntax != EXPLICIT_VR_BIG_ENDIAN)
         return pydicom.dcmread(BytesIO(data))
+    limit = inflate_limit(max_pixels)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    inflated = inflater.decompress(stream.read(), MAX_DATASET_BYTES + 1)
-    if len(inflated) > MAX_DATASET_BYTES:
+    inflated = inflater.decompress(stream.read(), limit + 1)
+    if len(inflated) > limit:
         raise InvalidImage(
-            f"the Deflated DICOM dataset inflates to more than {MAX_DATASET_BYTES} bytes, this server's limit for "
-            "a 64x64 image (decompression-bomb guard); nothing was decoded"
+            f"the Deflated DICOM dataset inflates to more than {limit} bytes, this server's limit for an image of "
+            f"at most {max_pixels} pixels (decompression-bomb guard); nothing was decoded"
         )
+    check_structure(inflated, 0, implicit=False, little_endian=True)
     dataset = read_dataset(BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
     # Once inflated the pixel data is native Explicit VR Little Endian, which is what pydicom then decodes.
     meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     dataset.file_meta = meta
     return dataset
+
+
+def inflate_limit(max_pixels: int) -> int:
+    """The most a Deflated dataset may inflate to: 16-bit pixels of the largest image the caller takes, plus
+    ``MAX_HEADER_BYTES`` of attributes (4 MiB for /upscale's 64x64, 36 MiB for /shrink's 4096x4096)."""
+    return 2 * max_pixels + MAX_HEADER_BYTES
 
 
 def _check_transfer_syntax(dataset: Any) -> None:
@@ -157,6 +181,8 @@ def _check_compressed_frame(dataset: Any, header: _DicomHeader) -> None:
     from pydicom.encaps import generate_frames
 
     frame = next(generate_frames(dataset.PixelData, number_of_frames=1), b"")
+    if transfer_syntax in JPEG_TRANSFER_SYNTAXES:
+        check_jpeg_scans(frame)
     image = open_image_header(frame, formats=None, what="the DICOM's compressed frame")
     with image:
         if image.size != (header.columns, header.rows):

@@ -2,7 +2,9 @@
 
 What is written (PS3.3 A.8.1, Secondary Capture Image IOD), module by module:
 - Patient, Patient Study, Clinical Trial Subject and Study: copied from the input (``KEPT_ATTRIBUTES``), so that
-  a PACS files the answer under the same patient; SpecificCharacterSet comes with them (their text is in it).
+  a PACS files the answer under the same patient. Only valid values are copied (service/dicom_values.py: checked
+  against their VR and VM; a Code String upper-cased, anything else invalid left out), and the character set is
+  the input's when every kept value is in it, else UTF-8 (ISO_IR 192), or none for ASCII.
 - General Study: copied, StudyInstanceUID included: the answer joins the input's study.
 - General Series: a new series (service/dicom_uids.py: one per model run and study), numbered 9000-9999,
   SeriesDate/Time now; Modality is the input's (OT when it has none), BodyPartExamined the input's, and its side
@@ -39,7 +41,8 @@ import numpy as np
 from xraysr.service import __version__
 from xraysr.service.dicom import read_dicom_dataset
 from xraysr.service.dicom_uids import implementation_class_uid, make_uid, series_instance_uid
-from xraysr.service.image_errors import NotAcceptable
+from xraysr.service.dicom_values import kept_dataset, output_character_set, text_values, valid_text
+from xraysr.service.image_errors import DICOM_ERRORS, NotAcceptable
 from xraysr.service.provenance import DISCLAIMER
 
 if TYPE_CHECKING:
@@ -52,7 +55,6 @@ NEEDS_DICOM_INPUT = (
     "answer is filed under; send the DICOM, or accept image/png"
 )
 KEPT_ATTRIBUTES = (
-    "SpecificCharacterSet",
     # Patient (PS3.3 C.7.1.1)
     "PatientName",
     "PatientID",
@@ -154,14 +156,12 @@ class DicomSource:
 def read_source(data: bytes) -> DicomSource:
     """The input's attributes for a Secondary Capture (``data`` has already been decoded as an image), or
     ``NotAcceptable`` (406) when it lacks the UIDs the answer must point back to."""
-    from pydicom.dataset import Dataset
-
     dataset = read_dicom_dataset(data)
     meta = dataset.file_meta
     uids = {
-        "StudyInstanceUID": str(dataset.get("StudyInstanceUID", "")),
-        "SOPClassUID": str(dataset.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")),
-        "SOPInstanceUID": str(dataset.get("SOPInstanceUID", "") or meta.get("MediaStorageSOPInstanceUID", "")),
+        "StudyInstanceUID": _first(dataset, "StudyInstanceUID"),
+        "SOPClassUID": _first(dataset, "SOPClassUID") or _first(meta, "MediaStorageSOPClassUID"),
+        "SOPInstanceUID": _first(dataset, "SOPInstanceUID") or _first(meta, "MediaStorageSOPInstanceUID"),
     }
     missing = [keyword for keyword, uid in uids.items() if not uid]
     if missing:
@@ -169,10 +169,17 @@ def read_source(data: bytes) -> DicomSource:
             f"DICOM output needs the input's {' and '.join(missing)} (the answer joins the input's study and "
             "points back to it); this DICOM has none: ask for a PNG, or send a DICOM that has them"
         )
-    kept = Dataset()
-    for keyword in KEPT_ATTRIBUTES:
-        if keyword in dataset:
-            kept[keyword] = copy.deepcopy(dataset[keyword])
+    invalid = [keyword for keyword, uid in uids.items() if valid_text("UI", uid) is None]
+    if invalid:
+        raise NotAcceptable(
+            f"DICOM output needs valid UIDs, and the input's {' and '.join(invalid)} is not one (digits and dots, "
+            "at most 64 characters): the answer could not join its study; ask for a PNG"
+        )
+    texts: list[str] = []
+    kept = kept_dataset(dataset, KEPT_ATTRIBUTES, texts)
+    character_set = output_character_set(_values_of(dataset, "SpecificCharacterSet"), texts)
+    if character_set is not None:
+        kept.SpecificCharacterSet = character_set
     lossy = str(dataset.get("LossyImageCompression", "")) == "01" or (
         str(meta.get("TransferSyntaxUID", "")) in _LOSSY_TRANSFER_SYNTAXES
     )
@@ -181,7 +188,7 @@ def read_source(data: bytes) -> DicomSource:
         kept=kept,
         sop_class_uid=uids["SOPClassUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
-        modality=str(dataset.get("Modality", "") or "OT"),
+        modality=valid_text("CS", _first(dataset, "Modality")) or "OT",
         pixel_spacing=_spacing(dataset, "PixelSpacing"),
         imager_pixel_spacing=_spacing(dataset, "ImagerPixelSpacing"),
         lossy=lossy,
@@ -294,6 +301,21 @@ def derivation_description(result: UpscaleResult, manifest: Manifest, note: str 
     if len(text) > MAX_ST_LENGTH:
         raise ValueError(f"DerivationDescription of {len(text)} characters is over ST's {MAX_ST_LENGTH}: {text}")
     return text
+
+
+def _values_of(dataset: Any, keyword: str) -> list[str]:
+    """An element's values as text; none when it is absent, empty or unreadable."""
+    try:
+        return text_values(dataset.get(keyword))
+    except DICOM_ERRORS:
+        return []
+
+
+def _first(dataset: Any, keyword: str) -> str:
+    """The value of a single-valued element, or "" when it is absent or has several (a multi-valued UID is
+    invalid, and picking one would guess)."""
+    values = _values_of(dataset, keyword)
+    return values[0] if len(values) == 1 else ""
 
 
 def _spacing(dataset: Any, keyword: str) -> tuple[float, float] | None:

@@ -21,6 +21,59 @@ def settings_from(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
     return load_settings(**{name: getattr(args, name) for name in names})
 
 
+def seed_argument(text: str) -> int:
+    """--seed: an integer in the API's range (0..SEED_MAX), refused like the API refuses it, never wrapped."""
+    from xraysr.service.sampler import SEED_MAX
+
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= seed <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{seed} is out of range: a seed is 0..{SEED_MAX}, as the API takes")
+    return seed
+
+
+def plan_files(source: Path, output: Path, command: str, suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for a file or a folder of *.png/*.dcm, refused before anything runs when an output
+    would write over an input, two inputs would write one output, or an output's name is not of ``suffixes``."""
+    if source.is_dir():
+        inputs = sorted(path for path in source.iterdir() if path.is_file() and path.suffix.lower() in INPUT_TYPES)
+        if not inputs:
+            raise ValueError(f"{source} holds no {' or '.join(f'*{suffix}' for suffix in INPUT_TYPES)} files")
+        pairs = [(path, output / f"{path.stem}.png") for path in inputs]
+        names = [target.name for _, target in pairs]
+        clashes = sorted({name for name in names if names.count(name) > 1})
+        if clashes:
+            raise ValueError(f"{source} has inputs that would all be written to {', '.join(clashes)}; rename one")
+    elif source.is_file():
+        inputs = [source]
+        target = output / f"{source.stem}.png" if output.is_dir() else output
+        if target.suffix.lower() not in suffixes:
+            raise ValueError(
+                f"{target}: `xraysr {command}` writes {' or '.join(suffixes)} files, and the output's name says which"
+            )
+        pairs = [(source, target)]
+    else:
+        raise FileNotFoundError(f"input {source} does not exist")
+    originals = {path.resolve() for path in inputs}
+    overwritten = [str(target) for _, target in pairs if target.resolve() in originals]
+    if overwritten:
+        raise ValueError(
+            f"-o {output} would write over the input(s) {', '.join(overwritten[:3])}: choose an output that is not "
+            "an input (another folder)"
+        )
+    return pairs
+
+
+def read_input(path: Path) -> bytes:
+    """A file's bytes; an empty file is refused here, in a file's words (the decoders speak of request bodies)."""
+    data = path.read_bytes()
+    if not data:
+        raise ValueError("the file is empty (0 bytes)")
+    return data
+
+
 def upscale_files(args: argparse.Namespace) -> int:
     """`xraysr upscale`: a PNG/DICOM file, or every *.png/*.dcm of a folder, through the pipeline in-process."""
     from xraysr.service.pipeline import check_samples, choose_answer
@@ -31,23 +84,9 @@ def upscale_files(args: argparse.Namespace) -> int:
     source: Path = args.input
     if args.uncertainty is not None and not source.is_file():
         raise ValueError("--uncertainty writes one map: give one input file, not a folder")
+    pairs = plan_files(source, args.output, "upscale", (".png", ".dcm"))
     if source.is_dir():
-        pairs = [
-            (path, args.output / f"{path.stem}.png")
-            for path in sorted(source.iterdir())
-            if path.is_file() and path.suffix.lower() in INPUT_TYPES
-        ]
-        if not pairs:
-            raise ValueError(f"{source} holds no {' or '.join(f'*{suffix}' for suffix in INPUT_TYPES)} files")
-        clashes = sorted({output.name for _, output in pairs if [o for _, o in pairs].count(output) > 1})
-        if clashes:
-            raise ValueError(f"{source} has inputs that would all be written to {', '.join(clashes)}; rename one")
         args.output.mkdir(parents=True, exist_ok=True)
-    elif source.is_file():
-        output = args.output / f"{source.stem}.png" if args.output.is_dir() else args.output
-        pairs = [(source, output)]
-    else:
-        raise FileNotFoundError(f"input {source} does not exist")
 
     from tqdm import tqdm
 
@@ -105,7 +144,7 @@ def _upscale_file(
     from xraysr.service.provenance import provenance
 
     started = time.perf_counter()
-    data = source.read_bytes()
+    data = read_input(source)
     as_dicom = output.suffix.lower() == ".dcm"
     try:
         decoded = decode_image(
@@ -134,23 +173,16 @@ def shrink_files(args: argparse.Namespace) -> int:
     from xraysr.service.shrink import RECIPE, shrink_file
 
     source: Path = args.input
+    pairs = plan_files(source, args.output, "shrink", (".png",))
     if source.is_dir():
-        inputs = sorted(path for path in source.iterdir() if path.is_file() and path.suffix.lower() in INPUT_TYPES)
-        if not inputs:
-            raise ValueError(f"{source} holds no {' or '.join(f'*{suffix}' for suffix in INPUT_TYPES)} files")
         args.output.mkdir(parents=True, exist_ok=True)
-        pairs = [(path, args.output / f"{path.stem}.png") for path in inputs]
-    elif source.is_file():
-        pairs = [(source, args.output / f"{source.stem}.png" if args.output.is_dir() else args.output)]
-    else:
-        raise FileNotFoundError(f"input {source} does not exist")
     failed = 0
     for source_path, output_path in pairs:
         try:
-            shrunk = shrink_file(source_path.read_bytes(), INPUT_TYPES.get(source_path.suffix.lower()))
-        except ImageError as error:
-            failed += 1  # one bad file must not cost the rest of a folder
-            print(f"xraysr shrink: error: {source_path}: {error.message}", file=sys.stderr)
+            shrunk = shrink_file(read_input(source_path), INPUT_TYPES.get(source_path.suffix.lower()))
+        except (ImageError, ValueError, OSError) as error:
+            failed += 1  # one bad (or unreadable) file must not cost the rest of a folder
+            print(f"xraysr shrink: error: {source_path}: {getattr(error, 'message', error)}", file=sys.stderr)
             continue
         output_path.parent.mkdir(parents=True, exist_ok=True)
         output_path.write_bytes(shrunk.png)

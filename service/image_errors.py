@@ -7,8 +7,6 @@ Kept apart so that DICOM handling never imports PNG handling back, nor PNG handl
 from __future__ import annotations
 
 import struct
-import threading
-import warnings
 import zlib
 from io import BytesIO
 from typing import ClassVar
@@ -23,9 +21,6 @@ DICOM_MAGIC_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
 PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError, TypeError)
 # pydicom converts element values lazily, so any attribute access on a parsed file can raise these.
 DICOM_ERRORS = PILLOW_ERRORS + (AttributeError, NotImplementedError, RuntimeError, OverflowError)
-# warnings.catch_warnings swaps the process-wide filter list; two request threads doing it at once can leave
-# "error" installed for good. The guarded section only parses an image header, so serialising it costs nothing.
-IMAGE_OPEN_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -135,15 +130,17 @@ def check_pixel_count(width: int, height: int, frames: int, max_pixels: int) -> 
 
 
 def open_image_header(data: bytes, formats: tuple[str, ...] | None, what: str) -> Image.Image:
-    """Pillow's lazy open: the header is parsed and the size known, but no pixel is decoded yet."""
-    with IMAGE_OPEN_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(BytesIO(data), formats=formats)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise InvalidImage(f"decompression bomb refused before decoding: {error}") from error
-        except UnidentifiedImageError as error:
-            raise InvalidImage(f"corrupt {what}: its header cannot be read") from error
-        except PILLOW_ERRORS as error:
-            raise InvalidImage(f"corrupt {what} header: {error}") from error
+    """Pillow's lazy open: the header is parsed and the size known, but no pixel is decoded yet.
+
+    No lock and no warnings filter: requests parse headers in parallel threads. Pillow's own bomb check only
+    warns below twice its MAX_IMAGE_PIXELS (89 M), far above the callers' ``check_pixel_count`` limits, which
+    refuse such an image right after this, before any pixel is decoded."""
+    try:
+        image = Image.open(BytesIO(data), formats=formats)
+    except Image.DecompressionBombError as error:
+        raise InvalidImage(f"decompression bomb refused before decoding: {error}") from error
+    except UnidentifiedImageError as error:
+        raise InvalidImage(f"corrupt {what}: its header cannot be read") from error
+    except PILLOW_ERRORS as error:
+        raise InvalidImage(f"corrupt {what} header: {error}") from error
     return image

@@ -42,6 +42,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from xraysr.service.codec_limits import check_png_chunks
 from xraysr.service.dicom import decode_dicom
 from xraysr.service.image_errors import (  # noqa: F401 - the refusals are imaging's API too
     PILLOW_ERRORS,
@@ -157,7 +158,8 @@ def _decode_png(data: bytes, expected_size: int, max_pixels: int) -> tuple[np.nd
     if not data.startswith(PNG_SIGNATURE):
         received = looks_like(data)
         raise InvalidImage(f"the body is not a PNG{' (it looks like ' + received + ')' if received else ''}")
-    # 1. Header only: format, size, frames and mode are known before a single pixel is inflated.
+    # 1. Chunks counted, then the header only: format, size, frames and mode are known before a pixel is inflated.
+    check_png_chunks(data)
     image = _open_png_header(data)
     with image:
         if image.format != "PNG":  # formats=("PNG",) already guarantees it; kept as the stated contract

@@ -20,6 +20,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _limit_address_space(size: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+
 @contextmanager
 def local_server(
     engines_dir: Path,
@@ -48,8 +54,13 @@ def local_server_process(
     precision: str | None = None,
     env: Mapping[str, str] | None = None,
     log: Path | None = None,
+    address_space_bytes: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``local_server``, also yielding the process (to signal it, or to read its memory from /proc)."""
+    """``local_server``, also yielding the process (to signal it, or to read its memory from /proc).
+
+    ``address_space_bytes`` runs the server under that RLIMIT_AS (what ``prlimit --as`` sets): an allocation past
+    it fails inside the server instead of exhausting the machine, so a test of a memory bound cannot take down
+    the machine it runs on when the bound regresses."""
     import httpx
 
     port = free_port()
@@ -75,7 +86,11 @@ def local_server_process(
         log_path = log or Path(scratch) / "server.log"
         with log_path.open("wb") as log_file:
             server = subprocess.Popen(
-                command, env={**os.environ, **(env or {})}, stdout=log_file, stderr=subprocess.STDOUT
+                command,
+                env={**os.environ, **(env or {})},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=None if address_space_bytes is None else lambda: _limit_address_space(address_space_bytes),
             )
         base_url = f"http://127.0.0.1:{port}"
         try:

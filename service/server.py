@@ -5,9 +5,12 @@ first SIGTERM or SIGINT the app stops taking work (/readyz 503) while the port s
 runs for up to ``shutdown_grace_s``; what is still in hand then is answered 503; the process exits 0. A second
 signal exits at once. A model that fails to load in the background exits 1.
 
-Connections: the number open is capped (more are closed as they are accepted), a request's headers must
-arrive within ``header_timeout_s`` (slowloris), idle keep-alive connections close after ``keep_alive_s``;
-the body's own time limit is the route's (api/upscale.py, 408).
+Connections: the number open is capped. At the cap, a new connection first closes the longest-idle one (no
+request in progress: an idle keep-alive, or headers still arriving); when every one is busy, up to
+``PROBE_SLOTS`` more are let in for the probes alone (anything else on them is 503), so that an orchestrator
+never restarts a healthy server because idle or slow clients took every connection; beyond, a new connection
+is closed as it is accepted. A request's headers must arrive within ``header_timeout_s`` (slowloris), idle
+keep-alive connections close after ``keep_alive_s``; the body's own time limit is the route's (408).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from xraysr.service.settings import Settings
@@ -32,8 +37,14 @@ logger = logging.getLogger(__name__)
 _CLOSE_CONNECTIONS_S = 0.5
 
 
+PROBES = frozenset(("/healthz", "/readyz"))
+PROBE_SLOTS = 4
+PROBE_ONLY = "xraysr.probe_only"  # the scope's extensions key marking a request on a probe-only connection
+
+
 class GuardedH11Protocol(H11Protocol):
-    """h11 with a connection cap and a deadline for each request's headers (class attributes, set per server)."""
+    """h11 with a connection cap that keeps room for the probes, and a deadline for each request's headers
+    (class attributes, set per server)."""
 
     max_connections = 64
     header_timeout_s = 10.0
@@ -42,21 +53,44 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._seen_cycle: object | None = None
+        self._idle_since = 0.0
+        self.probe_only = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
+        self._idle_since = self.loop.time()
+        others = [c for c in self.connections if c is not self and not c.transport.is_closing()]
+        if len(others) >= self.max_connections and not self._make_room(others):
             transport.close()  # over the cap: closed before a byte is read, costing nothing
             return
         self._arm_header_timer()
+
+    def _make_room(self, others: list[Any]) -> bool:
+        """At the cap: close the longest-idle connection, or else take a probe-only slot; False when neither."""
+        idle = [c for c in others if isinstance(c, GuardedH11Protocol) and c.is_idle()]
+        if idle:
+            min(idle, key=lambda connection: connection._idle_since).transport.close()
+            return True
+        if sum(getattr(connection, "probe_only", False) for connection in others) < PROBE_SLOTS:
+            self.probe_only = True
+            return True
+        return False
+
+    def is_idle(self) -> bool:
+        """No request in progress: before the first one's headers are complete, or after an answer."""
+        return self.cycle is None or self.cycle.response_complete
 
     def handle_events(self) -> None:
         super().handle_events()
         if self.cycle is not None and self.cycle is not self._seen_cycle:
             self._seen_cycle = self.cycle  # a request's headers are complete: its body has its own limit
             self._disarm_header_timer()
+            if self.probe_only:  # the app has not run yet: ProbeOnlyGate reads the mark
+                self.cycle.scope.setdefault("extensions", {})[PROBE_ONLY] = True
+                self.cycle.keep_alive = False
 
     def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
         # Armed before uvicorn looks for a pipelined request, which disarms it again if it is already complete.
         self._arm_header_timer()
         super().on_response_complete()
@@ -78,6 +112,24 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class ProbeOnlyGate:
+    """ASGI: a request on a probe-only connection (GuardedH11Protocol) reaches the probes and nothing else."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("extensions", {}).get(PROBE_ONLY) and scope["path"] not in PROBES:
+            refusal = JSONResponse(
+                {"detail": "every connection is taken: this one may only reach /healthz and /readyz; retry"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class GracefulServer(uvicorn.Server):
@@ -107,7 +159,9 @@ class GracefulServer(uvicorn.Server):
         if self.draining_since is None:
             return False
         admission, batcher = state.admission, state.batcher
-        in_hand = (admission.admitted if admission is not None else 0) or (batcher is not None and batcher.busy)
+        in_hand = (admission is not None and (admission.admitted or admission.receiving)) or (
+            batcher is not None and batcher.busy
+        )
         if not in_hand:
             return True
         if time.monotonic() - self.draining_since >= self.grace_s and not state.lifecycle.grace_over:
@@ -130,7 +184,7 @@ def serve(settings: Settings) -> int:
         {"max_connections": settings.max_connections, "header_timeout_s": settings.header_timeout_s},
     )
     config = uvicorn.Config(
-        app,
+        ProbeOnlyGate(app),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

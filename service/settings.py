@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from xraysr.service.cpu_features import auto_precision, cpu_flags
 from xraysr.service.dicom_uids import check_uid_root
@@ -34,6 +35,18 @@ LR_CONSISTENCY_LOW_DB = 40.3
 # The shipped default model travels inside the package (xraysr/engines links to the repository's engines/), so
 # `xraysr serve` serves it from any directory, from a wheel or from a checkout alike.
 PACKAGED_ENGINES_DIR = Path(__file__).parent.parent / "engines"
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_ADDRESSES = ("0.0.0.0", "::")
+
+
+def check_origin(origin: str) -> str:
+    """A web origin as browsers send it: ``scheme://host[:port]``, nothing after; a ValueError otherwise."""
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+        raise ValueError(f"{origin!r} is not a web origin: write scheme://host[:port], e.g. https://pacs.example.org")
+    return origin.rstrip("/").lower()
 
 
 def is_loopback_host(host: str) -> bool:
@@ -113,6 +126,24 @@ class Settings(BaseSettings):
     max_shrink_body_bytes: int = Field(
         64 << 20, ge=1 << 10, description="Larger POST /shrink bodies are refused with 413 (full-size images)."
     )
+    shrink_upload_budget_bytes: int = Field(
+        256 << 20,
+        ge=1 << 10,
+        description="Bytes concurrent POST /shrink uploads may hold together (each what it declares, or "
+        "max_shrink_body_bytes when chunked); one that does not fit is refused with 503 before it is read.",
+    )
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Web origins (scheme://host[:port], comma-separated) whose pages may POST here, with CORS; "
+        "a browser's cross-site POST from any other is refused with 403. Same-origin pages and non-browser "
+        "clients need nothing.",
+    )
+    allowed_hosts: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        None,
+        description="Host header values served (comma-separated names or addresses, a leading '*.' for "
+        "sub-domains, or '*' for any); others get 400, which stops DNS rebinding. Unset: localhost and the "
+        "loopback addresses, plus --host when it names one address; any host when --host is 0.0.0.0 or ::.",
+    )
     log_level: LogLevel = "INFO"
     dicom_uid_root: str | None = Field(
         None,
@@ -127,6 +158,18 @@ class Settings(BaseSettings):
             return None  # XRAYSR_DICOM_UID_ROOT= (empty) means unset
         return check_uid_root(value) if isinstance(value, str) else value
 
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_origin(origin) for origin in origins)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_case_level(cls, value: Any) -> Any:
@@ -140,8 +183,22 @@ class Settings(BaseSettings):
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
 
+    @property
+    def trusted_hosts(self) -> tuple[str, ...]:
+        """``allowed_hosts``, or its default for ``host``."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        if self.host in WILDCARD_ADDRESSES:
+            return ("*",)  # clients reach it by names this process cannot know; api_key guards it (README)
+        return tuple(dict.fromkeys((*LOOPBACK_NAMES, self.host.lower())))
+
     @model_validator(mode="after")
     def _exposure_is_a_choice(self) -> Settings:
+        if self.shrink_upload_budget_bytes < self.max_shrink_body_bytes:
+            raise ValueError(
+                f"shrink_upload_budget_bytes ({self.shrink_upload_budget_bytes}) is under max_shrink_body_bytes "
+                f"({self.max_shrink_body_bytes}): no /shrink upload could ever fit; raise the budget"
+            )
         if self.protect_metrics and self.api_key is None:
             raise ValueError("protect_metrics needs api_key (XRAYSR_API_KEY): there is no token to protect it with")
         if not self.is_loopback and self.api_key is None and not self.allow_unauthenticated:

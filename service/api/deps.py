@@ -86,7 +86,8 @@ def require_token_for_metrics(request: Request) -> None:
 
 
 def reject_unknown_query(request: Request) -> None:
-    """A misspelt parameter (``step=10``) is a 422 naming it, not a request silently run with the defaults."""
+    """A misspelt parameter (``step=10``) is a 422 naming it, not a request silently run with the defaults; so is
+    a repeated one (``steps=10&steps=50``), which would otherwise run with whichever came last."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
@@ -95,6 +96,9 @@ def reject_unknown_query(request: Request) -> None:
     if unknown:
         takes = ", ".join(sorted(known)) or "none"
         raise HTTPException(422, f"unknown query parameter(s): {', '.join(unknown)}; {route.path} takes {takes}")
+    repeated = sorted(name for name in set(request.query_params) if len(request.query_params.getlist(name)) > 1)
+    if repeated:
+        raise HTTPException(422, f"query parameter(s) given more than once: {', '.join(repeated)}; give each once")
 
 
 def _query_names(dependant: Dependant) -> set[str]:

@@ -3,6 +3,8 @@ training data's recipe (service/shrink.py). It needs no model, so it answers whi
 
   401  no valid bearer token, when the server has an api_key (the same check as /upscale)
   413/408  the body is over max_shrink_body_bytes, or did not arrive within body_timeout_s
+  503  the uploads in progress hold shrink_upload_budget_bytes between them (Retry-After: 1): decided from
+       Content-Length (or max_shrink_body_bytes when chunked) before the body is read
   400/415/422  not a usable image (service/imaging.py), over 4096x4096 pixels, or a short side under 256
   200  image/png, 64x64 8-bit grayscale, with X-Shrink-Recipe and X-Original-Size
 """
@@ -18,7 +20,8 @@ from fastapi.responses import JSONResponse
 
 from xraysr.service.api.bodies import image_from_request, image_request_body, read_body
 from xraysr.service.api.deps import SettingsDep, reject_unknown_query, require_token
-from xraysr.service.imaging import ImageError
+from xraysr.service.concurrency import ByteBudget, Overloaded
+from xraysr.service.imaging import ImageError, check_body_size
 from xraysr.service.shrink import HR_SIZE, LR_SIZE, RECIPE, shrink_file
 
 router = APIRouter(tags=["shrink"])
@@ -39,6 +42,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "The server has an api_key and the request has no valid bearer token."},
     408: {"description": "The body did not arrive within body_timeout_s."},
     413: {"description": "The body is larger than max_shrink_body_bytes."},
+    503: {"description": "Uploads in progress hold shrink_upload_budget_bytes between them (Retry-After: 1)."},
     415: {"description": "Neither image/png, application/dicom nor multipart/form-data."},
     422: {
         "description": f"Not a decodable image, over 4096x4096 pixels, a short side under {HR_SIZE} (the recipe never "
@@ -64,12 +68,23 @@ def _limiter(request: Request, settings: SettingsDep) -> anyio.CapacityLimiter:
     dependencies=[Depends(require_token), Depends(reject_unknown_query)],
 )
 async def shrink_image(request: Request, settings: SettingsDep) -> Response:
+    cap = settings.max_shrink_body_bytes
+    declared = request.headers.get("content-length", "")
+    budget: ByteBudget = request.app.state.shrink_uploads
     try:
-        body = await read_body(request, settings.max_shrink_body_bytes, settings.body_timeout_s)
-        data, content_type = await image_from_request(request, body)
-        shrunk = await anyio.to_thread.run_sync(shrink_file, data, content_type, limiter=_limiter(request, settings))
+        size = int(declared) if declared.isdigit() else cap  # a chunked upload may grow to the cap
+        check_body_size(size, cap)
+        # The body is held from its first byte until its 64x64 is made: those bytes are what the budget bounds.
+        with budget.hold(size):
+            body = await read_body(request, cap, settings.body_timeout_s)
+            data, content_type = await image_from_request(request, body)
+            shrunk = await anyio.to_thread.run_sync(
+                shrink_file, data, content_type, limiter=_limiter(request, settings)
+            )
     except ImageError as error:
         return JSONResponse({"detail": error.message}, status_code=error.status_code)
+    except Overloaded as error:
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
     headers = {"X-Shrink-Recipe": RECIPE, "X-Original-Size": f"{shrunk.original_width}x{shrunk.original_height}"}
     if shrunk.conversion:
         headers["X-Input-Conversion"] = shrunk.conversion

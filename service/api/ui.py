@@ -7,7 +7,8 @@ build step) and the two small JSON helpers the page calls besides /upscale and /
   POST /ui/inspect       the body as the model would see it: a 64×64 input comes back as the 8-bit PNG that
                          /upscale decodes it to (DICOM windowing, 16-bit rescaling applied), so the page can show
                          exactly what was sent; any other size answers ``fits: false`` and the page sends it to
-                         /shrink first
+                         /shrink first. It takes what /upscale takes — its body cap (a larger file is 413, and the
+                         page sends that to /shrink), its admission (503 when busy) — and decodes in its slots.
 
 Everything the page loads comes from this process, so it works on a hospital LAN with no internet.
 """
@@ -24,7 +25,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from xraysr.service.api.bodies import read_body
-from xraysr.service.api.deps import AdmissionDep, PipelineDep, SettingsDep, require_token
+from xraysr.service.api.deps import AdmissionDep, PipelineDep, SettingsDep, reject_unknown_query, require_token
+from xraysr.service.concurrency import Overloaded
 from xraysr.service.imaging import ImageError, WrongSize, decode_image, encode_png
 from xraysr.service.manifest import MAX_SAMPLES
 
@@ -67,6 +69,7 @@ async def config(pipeline: PipelineDep, settings: SettingsDep) -> dict[str, Any]
         "lr_size": manifest.image.lr_size,
         "hr_size": manifest.image.hr_size,
         "auth_required": settings.api_key is not None,
+        "max_body_bytes": settings.max_body_bytes,
     }
 
 
@@ -81,21 +84,24 @@ async def asset(name: str) -> Response:
 @router.post(
     "/ui/inspect",
     summary="For the web page: whether an image is already the model's input size, and its 8-bit pixels if so.",
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(require_token), Depends(reject_unknown_query)],
 )
 async def inspect(request: Request, pipeline: PipelineDep, admission: AdmissionDep, settings: SettingsDep) -> Any:
     lr_size = pipeline.manifest.image.lr_size
     try:
-        # The page sends every chosen file here first, full-size ones included: the cap is /shrink's.
-        body = await read_body(request, settings.max_shrink_body_bytes, settings.body_timeout_s)
+        with admission.receive():
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         content_type = request.headers.get("content-type")
-        decoded = await anyio.to_thread.run_sync(
-            lambda: decode_image(body, content_type, expected_size=lr_size), limiter=admission.decoding
-        )
+        with admission.admit():
+            decoded = await anyio.to_thread.run_sync(
+                lambda: decode_image(body, content_type, expected_size=lr_size), limiter=admission.decoding
+            )
     except WrongSize as error:
         return {"fits": False, "size": list(error.size), "detail": error.message}
     except ImageError as error:
         return JSONResponse({"detail": error.message}, status_code=error.status_code)
+    except Overloaded as error:
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
     return {
         "fits": True,
         "size": [lr_size, lr_size],
@@ -103,4 +109,3 @@ async def inspect(request: Request, pipeline: PipelineDep, admission: AdmissionD
         "input_conversion": decoded.conversion,
         "preview_png_base64": base64.b64encode(encode_png(decoded.pixels)).decode("ascii"),
     }
-

@@ -47,8 +47,9 @@ from xraysr.service.api.deps import (
     reject_unknown_query,
     require_token,
 )
+from xraysr.service.api.errors import abandoned
 from xraysr.service.batching import Batcher, Job, JobResult, ShuttingDown
-from xraysr.service.concurrency import Overloaded
+from xraysr.service.concurrency import Admission, Overloaded
 from xraysr.service.consistency import (
     BACK_PROJECTION_ITERATIONS,
     ConsistencyMode,
@@ -65,8 +66,7 @@ from xraysr.service.imaging import (
     encode_png,
 )
 from xraysr.service.manifest import MAX_SAMPLES, Manifest
-from xraysr.service.metrics import ServiceMetrics
-from xraysr.service.pipeline import AnswerPlan, UpscaleResult, choose_answer
+from xraysr.service.pipeline import AnswerPlan, SRPipeline, UpscaleResult, choose_answer
 from xraysr.service.provenance import DISCLAIMER, provenance
 from xraysr.service.sampler import SEED_MAX, sample_seeds
 from xraysr.service.settings import Settings
@@ -237,32 +237,26 @@ async def upscale(
     plan = plan_of(steps, samples, pipeline.manifest)
     seed = secrets.randbelow(SEED_MAX + 1) if seed is None else seed
     deadline_s = request_deadline(request, settings)
-    source: DicomSource | None = None  # what a DICOM answer keeps of the input
+    deadline = anyio.CancelScope()  # replaced once admitted; never cancelled before
     try:
-        with admission.admit(), lifecycle.request_scope() as shutdown, anyio.move_on_after(deadline_s) as deadline:
-            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        with lifecycle.request_scope() as shutdown:
+            # Read before admission: a slow uploader holds its connection, not a place (service/concurrency.py).
+            with admission.receive():
+                body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
             data, content_type = await image_from_request(request, body)
-            decoded, decode_seconds = await anyio.to_thread.run_sync(
-                _decode, data, content_type, pipeline.manifest, limiter=admission.decoding
-            )
-            if wants_dicom(request):
-                source = await anyio.to_thread.run_sync(_dicom_source, data, decoded, limiter=admission.decoding)
-            as_json = wants_json(request)
-            seeds = sample_seeds(seed, plan.samples) if plan.answer == "samples" else []
-            job = Job(pixels=decoded.pixels, steps=plan.steps, seeds=seeds, answer=plan.answer)
-            answer = await _answer_unless_disconnected(request, batcher, job)
-            finished = await anyio.to_thread.run_sync(
-                _finish, decoded.pixels, answer.result, consistency, settings, pipeline.manifest, as_json, source
-            )
+            with admission.admit(), anyio.move_on_after(deadline_s) as deadline:
+                answered = await _answer(
+                    request, (data, content_type), plan, seed, consistency, pipeline, admission, batcher, settings
+                )
     except ImageError as error:
         return JSONResponse({"detail": error.message}, status_code=error.status_code)
     except Overloaded as error:
         return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
     except ShuttingDown:
-        return _abandoned(metrics, "shutdown")
+        return abandoned(metrics, "shutdown")
     except (ClientDisconnect, _Disconnected):
         logger.info("client disconnected before its answer")
-        return _abandoned(metrics, "client_disconnected")
+        return abandoned(metrics, "client_disconnected")
     except StarletteHTTPException:
         raise  # already a client error with its status (FastAPI's own, or Starlette's 400 for a broken form)
     except Exception:
@@ -278,12 +272,13 @@ async def upscale(
         )
         return JSONResponse({"detail": "internal error while upscaling; the server log has the details"}, 500)
     if shutdown.cancelled_caught:
-        return _abandoned(metrics, "shutdown")
+        return abandoned(metrics, "shutdown")
     if deadline.cancelled_caught:
-        return _abandoned(metrics, "deadline", deadline_s)
+        return abandoned(metrics, "deadline", deadline_s)
 
+    finished, answer, decoded = answered.finished, answered.job_result, answered.decoded
     result, fidelity = finished.result, finished.fidelity
-    stage_seconds = {"decode": decode_seconds, **result.stage_seconds}
+    stage_seconds = {"decode": answered.decode_seconds, **result.stage_seconds}
     stage_seconds["total"] = time.perf_counter() - started
     metrics.observe_stages(stage_seconds)
     metrics.answers.labels(answer=result.answer).inc()
@@ -308,7 +303,7 @@ async def upscale(
     metrics.observe_consistency(fidelity.mode, fidelity.psnr_db)
     if finished.dicom is not None:
         return Response(finished.dicom, media_type="application/dicom", headers=headers)
-    if as_json:
+    if answered.as_json:
         return JSONResponse(
             {
                 "image_png_base64": base64.b64encode(finished.png).decode("ascii"),
@@ -335,16 +330,42 @@ async def upscale(
     return Response(finished.png, media_type="image/png", headers=headers)
 
 
-def _abandoned(metrics: ServiceMetrics, reason: str, deadline_s: float = 0.0) -> JSONResponse:
-    metrics.abandoned.labels(reason=reason).inc()
-    if reason == "deadline":
-        detail, status = f"the upscale did not finish within its deadline of {deadline_s:g} s", 504
-    elif reason == "shutdown":
-        detail, status = "the server is shutting down and this upscale could not finish in time; retry", 503
-    else:
-        detail, status = "the client disconnected before its answer", 499
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+@dataclasses.dataclass(frozen=True)
+class _Answered:
+    decoded: DecodedImage
+    decode_seconds: float
+    job_result: JobResult
+    finished: _Finished
+    as_json: bool
+
+
+async def _answer(
+    request: Request,
+    body: tuple[bytes, str | None],
+    plan: AnswerPlan,
+    seed: int,
+    consistency: ConsistencyMode,
+    pipeline: SRPipeline,
+    admission: Admission,
+    batcher: Batcher,
+    settings: Settings,
+) -> _Answered:
+    """An admitted request's work: decode (and read what a DICOM answer keeps), the batcher, then _finish."""
+    data, content_type = body
+    decoded, decode_seconds = await anyio.to_thread.run_sync(
+        _decode, data, content_type, pipeline.manifest, limiter=admission.decoding
+    )
+    source: DicomSource | None = None  # what a DICOM answer keeps of the input
+    if wants_dicom(request):
+        source = await anyio.to_thread.run_sync(_dicom_source, data, decoded, limiter=admission.decoding)
+    as_json = wants_json(request)
+    seeds = sample_seeds(seed, plan.samples) if plan.answer == "samples" else []
+    job = Job(pixels=decoded.pixels, steps=plan.steps, seeds=seeds, answer=plan.answer)
+    job_result = await _answer_unless_disconnected(request, batcher, job)
+    finished = await anyio.to_thread.run_sync(
+        _finish, decoded.pixels, job_result.result, consistency, settings, pipeline.manifest, as_json, source
+    )
+    return _Answered(decoded, decode_seconds, job_result, finished, as_json)
 
 
 def _decode(data: bytes, content_type: str | None, manifest: Manifest) -> tuple[DecodedImage, float]:

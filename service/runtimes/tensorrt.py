@@ -336,4 +336,3 @@ def _set_input_shape(engine: _Engine, name: str, shape: tuple[int, ...]) -> None
     # fail later, or worse, read the previous shape.
     if not engine.context.set_input_shape(name, shape):
         raise RuntimeError(f"TensorRT refused input shape {shape} for {name} (outside the engine's profile?)")
-

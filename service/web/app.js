@@ -58,17 +58,30 @@ async function describeFailure(response) {
   return `${response.status} — ${detail}`;
 }
 
-async function post(path, body, type, accept) {
+async function send(path, body, type, accept) {
   const headers = { ...authHeaders(), "Content-Type": type };
   if (accept) headers.Accept = accept;
-  let response;
   try {
-    response = await fetch(path, { method: "POST", body, headers });
+    return await fetch(path, { method: "POST", body, headers });
   } catch (failure) {
     throw new Error(`the server did not answer (${failure.message})`);
   }
+}
+
+async function post(path, body, type, accept) {
+  const response = await send(path, body, type, accept);
   if (!response.ok) throw new Error(await describeFailure(response));
   return response;
+}
+
+// What /upscale would make of the file. /ui/inspect takes only what /upscale takes, so a file over its body
+// limit is full-size: it goes to /shrink without being sent twice.
+async function inspect(bytes, type) {
+  if (bytes.byteLength > state.config.max_body_bytes) return { fits: false };
+  const response = await send("/ui/inspect", bytes, type, "application/json");
+  if (response.status === 413) return { fits: false };
+  if (!response.ok) throw new Error(await describeFailure(response));
+  return response.json();
 }
 
 function base64Blob(base64, type) {
@@ -147,7 +160,7 @@ async function chooseFile(file) {
   const size = state.config.lr_size;
   setBusy(true, "Reading…");
   try {
-    const inspected = await (await post("/ui/inspect", bytes, type, "application/json")).json();
+    const inspected = await inspect(bytes, type);
     if (inspected.fits) {
       state.sent = {
         body: bytes, type, isDicom, reducedFrom: null, name: file.name,
@@ -156,8 +169,9 @@ async function chooseFile(file) {
       const conversion = inspected.input_conversion ? ` (converted: ${inspected.input_conversion})` : "";
       notice(`${file.name}: a ${size}×${size} ${isDicom ? "DICOM" : "PNG"}, sent as is${conversion}.`);
     } else {
-      const shrunk = await (await post("/shrink", bytes, type)).blob();
-      const [width, height] = inspected.size || ["?", "?"];
+      const reply = await post("/shrink", bytes, type);
+      const shrunk = await reply.blob();
+      const [width, height] = (reply.headers.get("X-Original-Size") || "?x?").split("x");
       state.sent = {
         body: shrunk, type: "image/png", isDicom: false, reducedFrom: [width, height], name: file.name, preview: shrunk,
       };

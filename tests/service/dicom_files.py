@@ -100,3 +100,66 @@ def _first_tag_offset(dataset: bytes, group: int) -> int:
             length = int.from_bytes(dataset[offset + 6 : offset + 8], "little")
             offset += 8 + length
     return offset
+
+
+def _explicit_element(group: int, element: int, vr: bytes, value: bytes, undefined: bool = False) -> bytes:
+    """One Explicit VR Little Endian element; SQ/OB/UN take the 4-byte length (or the undefined length)."""
+    tag = group.to_bytes(2, "little") + element.to_bytes(2, "little")
+    if vr in (b"SQ", b"OB", b"UN"):
+        length = 0xFFFFFFFF if undefined else len(value)
+        return tag + vr + b"\x00\x00" + length.to_bytes(4, "little") + value
+    return tag + vr + len(value).to_bytes(2, "little") + value
+
+
+def _item(dataset: bytes, undefined: bool) -> bytes:
+    if undefined:
+        return b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + dataset + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    return b"\xfe\xff\x00\xe0" + len(dataset).to_bytes(4, "little") + dataset
+
+
+def nested_sequence(depth: int, undefined: bool = False) -> bytes:
+    """(0010,1002) OtherPatientIDsSequence nesting itself ``depth`` levels, built from the inside out (pydicom
+    itself cannot write it: its writer recurses)."""
+    inner = _explicit_element(0x0010, 0x0020, b"LO", b"ID")  # PatientID at the bottom
+    for _ in range(depth):
+        sequence = _item(inner, undefined) + (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" if undefined else b"")
+        inner = _explicit_element(0x0010, 0x1002, b"SQ", sequence, undefined)
+    return inner
+
+
+def private_elements(count: int) -> bytes:
+    """``count`` empty private LO elements in odd groups from 0009, ascending: 8 bytes each."""
+    elements = []
+    for index in range(count):
+        group, element = 0x0009 + 2 * (index // 0xF000), 0x1000 + index % 0xF000
+        elements.append(_explicit_element(group, element, b"LO", b""))
+    return b"".join(elements)
+
+
+def with_raw_elements(file: bytes, raw: bytes, before_group: int) -> bytes:
+    """An Explicit VR Little Endian file with ``raw`` elements inserted before the first element of
+    ``before_group`` or later (``raw``'s tags must sit between what comes before and after)."""
+    meta_end = _file_meta_end(file)
+    split = meta_end + _first_tag_offset(file[meta_end:], before_group)
+    return file[:split] + raw + file[split:]
+
+
+def jpeg_dicom(pixels: np.ndarray, repeat_last_scan: int = 0) -> bytes:
+    """A JPEG (process 2, progressive) DICOM of 8-bit ``pixels``; its last scan repeated ``repeat_last_scan``
+    more times, which a decoder runs as one more full pass each."""
+    pytest.importorskip("pydicom", reason="DICOM input needs pydicom")
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+
+    buffer = BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, progressive=True)
+    jpeg = buffer.getvalue()
+    last_scan = jpeg.rindex(b"\xff\xda")
+    scan = jpeg[last_scan:-2]  # SOS header and its entropy-coded data, up to EOI
+    jpeg = jpeg[:-2] + scan * repeat_last_scan + b"\xff\xd9"
+    return dicom_file(
+        pixels,
+        transfer_syntax="1.2.840.10008.1.2.4.51",  # JPEG Extended (processes 2 and 4): a progressive frame's own
+        pixel_data=encapsulate([jpeg]),
+        StudyInstanceUID="1.2.3.4",
+    )

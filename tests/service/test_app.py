@@ -33,7 +33,7 @@ STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "consiste
 
 @pytest.fixture(scope="module")
 def client(engine_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(engine_settings)) as client:
+    with TestClient(create_app(engine_settings), base_url="http://localhost") as client:
         yield client
 
 
@@ -53,7 +53,7 @@ def test_importing_the_app_loads_no_model_and_no_training_library() -> None:
 
 
 def test_before_the_lifespan_ran_it_is_alive_but_not_ready(engine_settings: Settings, lr_png: bytes) -> None:
-    unstarted = TestClient(create_app(engine_settings))  # no `with`: the lifespan never runs
+    unstarted = TestClient(create_app(engine_settings), base_url="http://localhost")  # no `with`: the lifespan never runs
     assert unstarted.get("/healthz").json() == {"status": "alive"}
     ready = unstarted.get("/readyz")
     assert (ready.status_code, ready.headers["retry-after"]) == (503, "1")
@@ -179,7 +179,7 @@ def test_a_pipeline_bug_is_a_logged_500_and_the_server_carries_on(
 
 
 def test_metrics_count_every_upscale_whoever_answered(engine_settings: Settings, lr_png: bytes) -> None:
-    with TestClient(create_app(engine_settings)) as client:
+    with TestClient(create_app(engine_settings), base_url="http://localhost") as client:
         png = {"content": lr_png, "headers": {"content-type": "image/png"}}
         client.post("/upscale", **png)
         client.post("/upscale", params={"steps": "x"}, **png)  # refused by FastAPI before the route runs
@@ -199,7 +199,7 @@ def test_metrics_count_every_upscale_whoever_answered(engine_settings: Settings,
 def test_a_precision_the_folder_does_not_hold_stops_start_up(engine_settings: Settings) -> None:
     settings = engine_settings.model_copy(update={"precision": "int8"})  # skips the settings' own check
     expected = f"no manifest.int8.json in {settings.model_dir}: quantize it with `xraysr quantize`"
-    with pytest.raises(ValueError, match=re.escape(expected)), TestClient(create_app(settings)):
+    with pytest.raises(ValueError, match=re.escape(expected)), TestClient(create_app(settings), base_url="http://localhost"):
         pass
 
 
@@ -209,7 +209,7 @@ def test_a_manifest_of_another_precision_stops_start_up(tiny_engine_dir: Path, t
     shutil.copyfile(model_dir / "manifest.json", model_dir / "manifest.int8.json")  # says fp32
     settings = Settings(engines_dir=tmp_path, model="tiny", precision="int8")
     expected = f"{model_dir / 'manifest.int8.json'} says precision fp32; --precision int8 needs int8"
-    with pytest.raises(ValueError, match=re.escape(expected)), TestClient(create_app(settings)):
+    with pytest.raises(ValueError, match=re.escape(expected)), TestClient(create_app(settings), base_url="http://localhost"):
         pass
 
 
@@ -226,7 +226,7 @@ def test_without_samples_the_manifests_default_samples_are_averaged(
     def post(client: TestClient, **params: int) -> httpx.Response:
         return client.post("/upscale", params={"seed": 2, "steps": 2, **params}, content=lr_png, headers=headers)
 
-    with TestClient(create_app(Settings(engines_dir=tmp_path, model="tiny"))) as client:
+    with TestClient(create_app(Settings(engines_dir=tmp_path, model="tiny")), base_url="http://localhost") as client:
         default, explicit, one = post(client), post(client, samples=3), post(client, samples=1)
     assert default.status_code == 200, default.text
     assert default.headers["x-samples"] == "3" and default.json()["samples"] == 3
@@ -244,7 +244,7 @@ def test_a_manifest_without_the_estimate_keeps_the_loop_as_its_default(
     raw = json.loads((model_dir / "manifest.json").read_text())
     del raw["sampler"]["default_answer"]
     (model_dir / "manifest.json").write_text(json.dumps(raw))
-    with TestClient(create_app(Settings(engines_dir=tmp_path, model="tiny"))) as client:
+    with TestClient(create_app(Settings(engines_dir=tmp_path, model="tiny")), base_url="http://localhost") as client:
         response = client.post("/upscale", params={"seed": 2}, content=lr_png, headers={"content-type": "image/png"})
         ready = client.get("/readyz").json()
     assert response.status_code == 200, response.text
@@ -271,7 +271,7 @@ def test_beyond_the_queue_it_answers_503_with_retry_after(engine_settings: Setti
 
             pipeline.estimate_batch = slow_estimate_batch
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
 
                 async def post() -> None:
                     response = await http.post("/upscale", content=lr_png, headers={"content-type": "image/png"})
@@ -330,7 +330,7 @@ def test_the_bearer_token_guards_upscale_and_optionally_metrics(engine_settings:
     png = {"content": lr_png, "headers": {"content-type": "image/png"}}
     for protect_metrics in (False, True):
         settings = engine_settings.model_copy(update={"api_key": SecretStr(key), "protect_metrics": protect_metrics})
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url="http://localhost") as client:
             refusals = [
                 client.post("/upscale", **png),
                 client.post(

@@ -59,7 +59,7 @@ def test_readyz_metrics_and_the_log_say_which_precision_auto_chose(
 ) -> None:
     monkeypatch.setattr(settings_module, "cpu_flags", lambda: VNNI)
     settings = load_settings(engines_dir=model_with_int8.parent, model=model_with_int8.name)
-    with caplog.at_level("INFO"), TestClient(create_app(settings)) as client:
+    with caplog.at_level("INFO"), TestClient(create_app(settings), base_url="http://localhost") as client:
         ready = client.get("/readyz").json()
         metrics = client.get("/metrics").text
     assert (ready["precision"], ready["precision_choice"]) == ("int8", "auto: int8, this CPU has avx512_vnni")

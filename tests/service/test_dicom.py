@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.service.dicom_files import deflate_bomb, dicom_file
-from xraysr.service.dicom import MAX_DATASET_BYTES
+from xraysr.service.dicom import inflate_limit
 from xraysr.service.imaging import ImageError, decode_image
 
 pytest.importorskip("pydicom", reason="DICOM input needs pydicom")
@@ -39,7 +39,7 @@ def test_a_deflated_dicom_decodes_like_the_plain_one() -> None:
 
 
 def test_a_deflated_dataset_under_the_cap_is_read() -> None:
-    assert decode_image(deflate_bomb(MAX_DATASET_BYTES // 2), "application/dicom").pixels.shape == (64, 64)
+    assert decode_image(deflate_bomb(inflate_limit(64 * 64) // 2), "application/dicom").pixels.shape == (64, 64)
 
 
 def test_a_deflate_bomb_is_refused_without_inflating_it() -> None:

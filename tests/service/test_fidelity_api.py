@@ -29,7 +29,7 @@ AS_JSON = {"content-type": "image/png", "accept": "application/json"}
 
 @pytest.fixture(scope="module")
 def client(engine_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(engine_settings)) as client:
+    with TestClient(create_app(engine_settings), base_url="http://localhost") as client:
         yield client
 
 
@@ -92,7 +92,7 @@ def test_a_bad_consistency_mode_is_422(client: TestClient, lr_png: bytes) -> Non
 @pytest.mark.parametrize("low_db", [0.0, 100.0])
 def test_a_low_consistency_is_flagged(engine_settings: Settings, lr_png: bytes, low_db: float) -> None:
     settings = engine_settings.model_copy(update={"lr_consistency_low_db": low_db})
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         response = _upscale(client, lr_png, PNG)
         body = _upscale(client, lr_png, AS_JSON).json()
     flagged = float(response.headers["x-lr-consistency-psnr"]) < low_db
@@ -102,7 +102,7 @@ def test_a_low_consistency_is_flagged(engine_settings: Settings, lr_png: bytes, 
 
 
 def test_metrics_hold_the_consistency_histogram(engine_settings: Settings, lr_png: bytes) -> None:
-    with TestClient(create_app(engine_settings)) as client:
+    with TestClient(create_app(engine_settings), base_url="http://localhost") as client:
         psnrs = [float(_upscale(client, lr_png, PNG).headers["x-lr-consistency-psnr"]) for _ in range(2)]
         _upscale(client, lr_png, PNG, consistency="enforce")
         text = client.get("/metrics").text
@@ -166,7 +166,7 @@ def test_shrink_bounds_the_body_and_shares_the_token_and_query_checks(
 ) -> None:
     key = "k" * 24
     settings = engine_settings.model_copy(update={"api_key": SecretStr(key), "max_shrink_body_bytes": 4096})
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         assert client.post("/shrink", headers=PNG, content=full_size_png).status_code == 401
         authorised = {**PNG, "authorization": f"Bearer {key}"}
         too_large = client.post("/shrink", headers=authorised, content=full_size_png)

@@ -25,7 +25,7 @@ def _slow_upload(url: str, body: bytes) -> socket.socket:
     """Headers and half the body of an upscale, then nothing: a stalled uploader."""
     connection = _connect(url)
     head = (
-        "POST /upscale?samples=1 HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+        "POST /upscale?samples=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     connection.sendall(head + body[: len(body) // 2])
@@ -47,7 +47,7 @@ def test_slowloris_connections_are_closed_and_the_cap_holds(tiny_engine_dir: Pat
         connections = []
         for _ in range(200):
             connection = _connect(url)
-            connection.sendall(b"POST /upscale HTTP/1.1\r\nHost: test\r\n")  # and never the rest of the headers
+            connection.sendall(b"POST /upscale HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest of the headers
             connections.append(connection)
         over_cap = sum(is_closed(connection, 0.05) for connection in connections)
         assert over_cap >= 150  # only 50 may stay open, each refused at accept

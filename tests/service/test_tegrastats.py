@@ -214,7 +214,7 @@ def test_the_app_exports_jetson_metrics_while_it_runs(fake_tegrastats: Path, mon
     )
     monkeypatch.setattr(app_module, "load_pipeline", lambda settings: pipeline)
     app = app_module.create_app(Settings(engines_dir=REPO / "engines", model="cxr-default"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         _wait_for(lambda: "xraysr_jetson_power_watts" in client.get("/metrics").text)
         assert 'xraysr_jetson_power_watts{rail="VDD_SOC"} 1.434' in client.get("/metrics").text
     assert b"xraysr_jetson" not in generate_latest(app.state.metrics.registry)

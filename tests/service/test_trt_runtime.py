@@ -188,7 +188,7 @@ def test_the_server_closes_the_runtime_on_shutdown(fakes: ModuleType, tiny_engin
         precision="fp32",
         trt_cache_dir=tmp_path,
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         assert client.get("/readyz").status_code == 200
         assert ("context", "destroyed", True) not in fakes.EVENTS
     assert ("context", "destroyed", True) in fakes.EVENTS

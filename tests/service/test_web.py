@@ -52,7 +52,7 @@ def _pixels(png: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(load_settings(engines_dir=ENGINES, model=MODEL))) as client:
+    with TestClient(create_app(load_settings(engines_dir=ENGINES, model=MODEL)), base_url="http://localhost") as client:
         yield client
 
 
@@ -90,6 +90,7 @@ def test_config_gives_the_manifests_ranges(client: TestClient) -> None:
         "lr_size": 64,
         "hr_size": 256,
         "auth_required": False,
+        "max_body_bytes": 1 << 20,
     }
 
 
@@ -111,7 +112,7 @@ def test_inspect_returns_a_64_input_as_decoded_and_says_a_larger_one_does_not_fi
 def test_with_an_api_key_inspect_needs_the_token_and_config_says_so() -> None:
     settings = load_settings(engines_dir=ENGINES, model=MODEL, api_key="s3cret-key-for-the-page")
     lr_png = _xray(LR_XRAY).read_bytes()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         assert client.get("/ui/config").json()["auth_required"] is True
         assert client.get("/").status_code == 200  # the page itself is public: it asks for the key
         assert client.post("/ui/inspect", content=lr_png, headers={"content-type": "image/png"}).status_code == 401
