@@ -1,12 +1,14 @@
 """POST /upscale: a 64×64 chest X-ray (PNG or DICOM) in, its 256×256 super-resolution out as an 8-bit PNG.
 
 A request's life, and where each answer is decided:
+  400/403  a Host it does not answer to, a browser page of another origin (api/browser.py)
   401  no valid bearer token, when the server has an api_key — api/deps.py
-  422  an unknown query parameter, steps/samples/seed out of range, a bad X-Request-Timeout — before anything
-       is read
-  503  the model is still loading or the server is shutting down (api/deps.py); every place is taken
-       (service/concurrency.py): decided at the door, before the body is read
+  422  an unknown or repeated query parameter, steps/samples/seed out of range, a bad X-Request-Timeout —
+       before anything is read
+  503  the model is still loading or the server is shutting down (api/deps.py)
   413/408  the body is read with a cap (Content-Length first, then while streaming) and a time limit
+  503  every place is taken (service/concurrency.py): decided once the body has arrived, so that slow
+       uploaders hold connections, not places
   400/415/422  the body is not a usable image — service/imaging.py, decoded in a small bounded pool
   406  Accept: application/dicom for an input that is not a DICOM naming its study — service/dicom_out.py
   200  the batcher (service/batching.py) ran it, alone or with others of the same steps; the fidelity guard

@@ -64,8 +64,11 @@ def deflate_bomb(inflated_bytes: int) -> bytes:
     creator = b"BOMB"
     padding = inflated_bytes - len(dataset)
     filler = (
-        b"\x09\x00\x10\x00LO" + len(creator).to_bytes(2, "little") + creator
-        + b"\x09\x00\x00\x10OB\x00\x00" + padding.to_bytes(4, "little")
+        b"\x09\x00\x10\x00LO"
+        + len(creator).to_bytes(2, "little")
+        + creator
+        + b"\x09\x00\x00\x10OB\x00\x00"
+        + padding.to_bytes(4, "little")
     )
     # Elements must ascend by tag: group 0009 sits between 0008 and 0010.
     split = _first_tag_offset(dataset, 0x0010)

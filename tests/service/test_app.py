@@ -53,7 +53,8 @@ def test_importing_the_app_loads_no_model_and_no_training_library() -> None:
 
 
 def test_before_the_lifespan_ran_it_is_alive_but_not_ready(engine_settings: Settings, lr_png: bytes) -> None:
-    unstarted = TestClient(create_app(engine_settings), base_url="http://localhost")  # no `with`: the lifespan never runs
+    # No `with`: the lifespan never runs.
+    unstarted = TestClient(create_app(engine_settings), base_url="http://localhost")
     assert unstarted.get("/healthz").json() == {"status": "alive"}
     ready = unstarted.get("/readyz")
     assert (ready.status_code, ready.headers["retry-after"]) == (503, "1")

@@ -119,3 +119,115 @@ def test_the_server_never_answers_5xx_to_requests_drawn_from_its_schema(server: 
     with client:
         request()
     assert httpx.get(f"{server}/healthz").status_code == 200
+
+
+# --- DICOM output: whatever the input's kept attributes hold, the answer is valid DICOM or a 4xx -----------------
+
+_HOSTILE_TEXT = st.one_of(
+    st.text(alphabet=st.sampled_from(list("AZaz09^=\\ .-_\r\n\t\x00\x1b\x7fé漢<>")), max_size=80),
+    st.sampled_from(["A" * 65, "1.2.840.10008", "20240230", "040Y", "1e999", "DX", " dx ", "Doe^Jane=ドウ^ジェーン"]),
+)
+_KEPT_VALUES = {
+    keyword: st.one_of(_HOSTILE_TEXT, st.lists(_HOSTILE_TEXT, min_size=2, max_size=3))
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientSex",
+        "PatientAge",
+        "PatientWeight",
+        "StudyDate",
+        "StudyDescription",
+        "AccessionNumber",
+        "Modality",
+        "BodyPartExamined",
+        "InstanceNumber",
+    )
+}
+_KEPT_VALUES["SpecificCharacterSet"] = st.sampled_from(["ISO_IR 100", "ISO_IR 192", "GB18030", "ISO 2022 IR 87", "x"])
+_STUDY_UIDS = st.one_of(st.just("1.2.3.4"), _HOSTILE_TEXT)
+
+
+def test_dicom_output_is_valid_dicom_whatever_the_input_holds() -> None:
+    import warnings
+    from io import BytesIO
+
+    pydicom = pytest.importorskip("pydicom", reason="DICOM output needs pydicom")
+    from tests.service.serving import DEFAULT_ENGINES
+    from xraysr.service.dicom_out import read_source, secondary_capture
+    from xraysr.service.manifest import read_manifest
+    from xraysr.service.pipeline import UpscaleResult
+
+    manifest = read_manifest(DEFAULT_ENGINES / "cxr-default")
+    result = UpscaleResult(np.zeros((256, 256), np.uint8), steps=1, seed=None, samples=0, uncertainty=None)
+    pixels = np.zeros((64, 64), np.uint8)
+    written: list[int] = []
+
+    @FUZZ
+    @given(elements=st.fixed_dictionaries({"StudyInstanceUID": _STUDY_UIDS}, optional=_KEPT_VALUES))
+    def write(elements: dict) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the input is invalid on purpose
+                data = dicom_file(pixels, **elements)
+        except (ValueError, TypeError, LookupError, OverflowError):
+            return  # pydicom could not even write this input: nothing to send
+        try:
+            source = read_source(data)
+        except ImageError as error:
+            assert error.status_code in (406, 422)
+            return
+        answer = secondary_capture(source, result, manifest, uid_root=None)
+        written.append(len(answer))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "Invalid value for VR ..." and undecodable text are failures
+            dataset = pydicom.dcmread(BytesIO(answer))
+            for element in dataset.iterall():
+                _ = element.value
+        assert dataset.StudyInstanceUID == source.kept.StudyInstanceUID
+
+    write()
+    assert len(written) >= 50  # most inputs make an answer: the check above ran on them, not only on refusals
+
+
+# --- POST /shrink on mutated full-size images: never a 5xx, and the server stays ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def shrink_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from tests.service.serving import DEFAULT_ENGINES
+
+    log = tmp_path_factory.mktemp("fuzz-shrink") / "server.log"
+    with local_server(DEFAULT_ENGINES, "cxr-default", log=log) as url:
+        yield url
+
+
+def test_shrink_never_answers_5xx_to_mutated_full_size_images(shrink_server: str) -> None:
+    pytest.importorskip("pydicom", reason="DICOM input needs pydicom")
+    from io import BytesIO
+
+    from PIL import Image
+
+    from tests.service.dicom_files import jpeg_dicom
+
+    ramp = np.rint(np.add.outer(np.arange(256), np.arange(256)) / 2).astype(np.uint8)
+    buffer = BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    full_size = [buffer.getvalue(), dicom_file(ramp.astype(np.uint16) * 256), jpeg_dicom(ramp)]
+    client = httpx.Client(base_url=shrink_server, timeout=30)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+    @given(
+        body=st.one_of(mutated(full_size), st.sampled_from(full_size)),
+        content_type=st.sampled_from(["image/png", "application/dicom", "application/octet-stream", "multipart"]),
+    )
+    def shrink(body: bytes, content_type: str) -> None:
+        if content_type == "multipart":
+            response = client.post("/shrink", files={"file": body})
+        else:
+            response = client.post("/shrink", content=body, headers={"content-type": content_type})
+        assert response.status_code < 500, (response.status_code, response.text)
+        assert response.status_code == 200 or "detail" in response.json()
+
+    with client:
+        shrink()
+    assert httpx.get(f"{shrink_server}/readyz").status_code == 200
