@@ -102,8 +102,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     upscale.add_argument(
         "--uncertainty",
         type=Path,
-        help="also write the samples' per-pixel spread as an 8-bit PNG, on the API's fixed uncertainty_scale "
-        "(one input file, --samples 2 or more)",
+        help="also write the map the API's JSON answer carries: the calibrated interval's half-width at "
+        "XRAYSR_UNCERTAINTY_COVERAGE (0.9), an 8-bit PNG of uncertainty_scale grey levels (one input file)",
     )
     _add_model_flags(upscale)
     upscale.set_defaults(handler=upscale_files)

@@ -30,6 +30,12 @@ def check_manifest(settings: Settings) -> Manifest:
             f"--precision {settings.precision} needs {' or '.join(accepted)}: re-export (`xraysr export`) or "
             "re-quantize (`xraysr quantize`) the model"
         )
+    interval = manifest.interval
+    if interval is not None and not interval.coverages[0] <= settings.uncertainty_coverage <= interval.coverages[-1]:
+        raise ValueError(
+            f"uncertainty_coverage {settings.uncertainty_coverage} is outside what {manifest.version}'s interval is "
+            f"calibrated for ({interval.coverages[0]}..{interval.coverages[-1]})"
+        )
     return manifest
 
 

@@ -66,6 +66,8 @@ def needs_of(args: argparse.Namespace) -> list[Needs]:
         needs.append(Needs(("onnx", *SCORING), INSTALL_HINT["train"]))
     elif command == "evaluate-served":
         needs.append(Needs(("httpx", *SCORING), INSTALL_HINT["train"]))
+    elif command == "calibrate-interval":
+        needs.append(Needs(("scipy",), INSTALL_HINT["train"]))
     elif command == "bench":
         if not args.no_http:
             needs.append(Needs(("httpx",), INSTALL_HINT["bench"], "to time requests over HTTP (or pass --no-http)"))

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 from xraysr.service.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from xraysr.service.manifest import Manifest
     from xraysr.service.pipeline import AnswerPlan, SRPipeline, UpscaleResult
 
 INPUT_TYPES = {".png": "image/png", ".dcm": "application/dicom"}
@@ -97,16 +100,20 @@ def upscale_files(args: argparse.Namespace) -> int:
         plan = choose_answer(pipeline.manifest.sampler, args.steps, args.samples)
     except ValueError as error:
         raise ValueError(f"--{error}") from error
-    if plan.samples < 2 and args.uncertainty is not None:
-        raise ValueError("--uncertainty needs --samples 2 or more: one sample has no spread")
+    if args.uncertainty is not None and pipeline.manifest.interval is None and plan.samples < 2:
+        raise ValueError(
+            f"--uncertainty: {pipeline.manifest.version} has no calibrated interval, and one sample has no spread: "
+            "give --samples 2 or more"
+        )
     failed = 0
     for source_path, output_path in tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1):
         try:
-            result, milliseconds = _upscale_file(
+            result, lr, milliseconds = _upscale_file(
                 pipeline, source_path, output_path, plan, args.seed, settings.dicom_uid_root
             )
             if args.uncertainty is not None:
-                _write_uncertainty(result, args.uncertainty)
+                coverage = settings.uncertainty_coverage
+                _write_uncertainty(result, lr, pipeline.manifest, coverage, args.uncertainty)
         except (ValueError, OSError) as error:
             # One bad file must not cost the rest of a folder: report it, carry on, and fail at the end.
             failed += 1
@@ -126,19 +133,24 @@ def _describe(result: UpscaleResult) -> str:
     return f"{result.describe()}, uncertainty {float(result.uncertainty.mean()):.2f} grey levels"
 
 
-def _write_uncertainty(result: UpscaleResult, path: Path) -> None:
-    from xraysr.service.uncertainty import uncertainty_png
+def _write_uncertainty(result: UpscaleResult, lr: np.ndarray, manifest: Manifest, coverage: float, path: Path) -> None:
+    """The map the API's JSON answer carries: the calibrated interval's half-width at ``coverage`` (or, for a
+    model without one, the samples' spread), as levels of ``uncertainty_scale`` grey levels."""
+    from xraysr.service.consistency import bicubic_upscale
+    from xraysr.service.uncertainty import uncertainty_map, uncertainty_png
 
-    if result.uncertainty is None:
+    found = uncertainty_map(result, bicubic_upscale(lr, manifest.image.hr_size), manifest, coverage)
+    if found is None:
         raise ValueError("one sample has no uncertainty map")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(uncertainty_png(result.uncertainty))
+    path.write_bytes(uncertainty_png(found.grey_levels))
 
 
 def _upscale_file(
     pipeline: SRPipeline, source: Path, output: Path, plan: AnswerPlan, seed: int, uid_root: str | None
-) -> tuple[UpscaleResult, float]:
-    """Writes a PNG, or for a .dcm ``output`` a DICOM Secondary Capture (service/dicom_out.py) of a DICOM input."""
+) -> tuple[UpscaleResult, np.ndarray, float]:
+    """Writes a PNG, or for a .dcm ``output`` a DICOM Secondary Capture (service/dicom_out.py) of a DICOM input;
+    returns the result, the input's decoded pixels and the milliseconds it took."""
     from xraysr.service.dicom_out import read_source, secondary_capture
     from xraysr.service.imaging import ImageError, decode_image, encode_png
     from xraysr.service.provenance import provenance
@@ -164,7 +176,7 @@ def _upscale_file(
         output.write_bytes(secondary_capture(dicom_source, result, pipeline.manifest, uid_root))
     else:
         output.write_bytes(encode_png(result.image, provenance(pipeline.manifest, result)))
-    return result, 1000 * (time.perf_counter() - started)
+    return result, decoded.pixels, 1000 * (time.perf_counter() - started)
 
 
 def shrink_files(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from xraysr.service.validation import describe_validation_error
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 Precision = Literal["fp32", "fp16", "int8"]
+AnswerKind = Literal["estimate", "samples"]
 COMPONENTS = ("encoder", "unet", "decoder")
 ComponentName = Literal["encoder", "unet", "decoder", "unet_step"]
 # The most diffusion samples one request may average (``samples=K``): the pipeline runs them as one batch,
@@ -124,6 +125,35 @@ class SamplerSpec(_Contract):
         return self
 
 
+class IntervalSpec(_Contract):
+    """The calibrated per-pixel interval (service/interval.py), written by `xraysr calibrate-interval`."""
+
+    features: tuple[str, ...] = Field(description="The scale model's features, in service/interval.py's order.")
+    weights: tuple[float, ...] = Field(description="log σ = weights · features (σ in grey levels).")
+    coverages: tuple[float, ...] = Field(description="Calibrated coverages, ascending, within (0, 1).")
+    factors: dict[AnswerKind, tuple[float, ...]] = Field(
+        description="λ per coverage for each kind of answer: the half-width is λσ."
+    )
+    calibration: dict[str, str | int | float] = Field(
+        default_factory=dict, description="Free-form: the images, split, answers and method it was calibrated on."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IntervalSpec:
+        if len(self.weights) != len(self.features):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.features)} features")
+        if not self.coverages or not all(0.0 < c < 1.0 for c in self.coverages):
+            raise ValueError("coverages must be a non-empty list of probabilities strictly between 0 and 1")
+        if any(later <= earlier for earlier, later in zip(self.coverages, self.coverages[1:], strict=False)):
+            raise ValueError("coverages must ascend")
+        for kind, table in self.factors.items():
+            if len(table) != len(self.coverages):
+                raise ValueError(f"{kind} has {len(table)} factors for {len(self.coverages)} coverages")
+            if any(later < earlier for earlier, later in zip(table, table[1:], strict=False)) or min(table) <= 0:
+                raise ValueError(f"{kind}'s factors must be positive and must not fall as coverage rises")
+        return self
+
+
 class Manifest(_Contract):
     format_version: Literal[1] = 1
     model: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -138,6 +168,9 @@ class Manifest(_Contract):
     latent: LatentSpec
     sampler: SamplerSpec
     provenance: dict[str, str | int | float] = Field(default_factory=dict, description="Free-form: run, commit…")
+    interval: IntervalSpec | None = Field(
+        None, description="The calibrated per-pixel interval; absent (older models): the answer carries none."
+    )
 
     @model_validator(mode="after")
     def _all_components(self) -> Manifest:

@@ -12,17 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-from xraysr.service.manifest import MAX_SAMPLES, Manifest, SamplerSpec
+from xraysr.service.manifest import MAX_SAMPLES, AnswerKind, Manifest, SamplerSpec
 from xraysr.service.runtimes import DeviceLoop, Runtime
 from xraysr.service.sampler import DDIMSampler, estimate_input, initial_noise, sample_seeds
 from xraysr.service.uncertainty import mean_and_spread
 
 # "estimate": one network pass, no noise drawn; "samples": the mean of K reverse-diffusion samples.
-Answer = Literal["estimate", "samples"]
+Answer = AnswerKind
 
 
 @dataclass
@@ -33,6 +32,7 @@ class UpscaleResult:
     samples: int  # diffusion samples averaged: 0 for the estimate, which draws none
     uncertainty: np.ndarray | None  # float32 per-pixel std across the samples in grey levels; None below two
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    sample_images: np.ndarray | None = None  # uint8 (K, H, W): each diffusion sample as shown alone; None below two
 
     @property
     def answer(self) -> Answer:
@@ -201,12 +201,19 @@ class SRPipeline:
         hr_images = self.runtime.run("decoder", {decoder_input: hr_latent.astype(np.float32)})[:, 0]
         results, first = [], 0
         for (_, item_seeds), count in zip(items, counts, strict=True):
-            mean, spread = mean_and_spread(hr_images[first : first + count])
+            decoded = hr_images[first : first + count]
+            mean, spread = mean_and_spread(decoded)
             first += count
             seed, samples = (None, 0) if item_seeds is None else (item_seeds[0], count)
+            each = np.stack([to_pixels(image) for image in decoded]) if count > 1 else None
             results.append(
                 UpscaleResult(
-                    image=to_pixels(mean), steps=len(timesteps), seed=seed, samples=samples, uncertainty=spread
+                    image=to_pixels(mean),
+                    steps=len(timesteps),
+                    seed=seed,
+                    samples=samples,
+                    uncertainty=spread,
+                    sample_images=each,
                 )
             )
         stage_seconds["vae_decode"] = time.perf_counter() - started

@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         "sub-domains, or '*' for any); others get 400, which stops DNS rebinding. Unset: localhost and the "
         "loopback addresses, plus --host when it names one address; any host when --host is 0.0.0.0 or ::.",
     )
+    uncertainty_coverage: float = Field(
+        0.9,
+        ge=0.5,
+        le=0.99,
+        description="The probability the JSON answer's per-pixel interval (uncertainty_png_base64) holds the true "
+        "value with, on images like the model's calibration ones (service/interval.py).",
+    )
     log_level: LogLevel = "INFO"
     dicom_uid_root: str | None = Field(
         None,

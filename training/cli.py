@@ -152,6 +152,23 @@ def _import_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_interval(args: argparse.Namespace) -> int:
+    from xraysr.training.calibrate_interval import calibrate_interval, write_interval
+
+    for precision in args.precision:
+        spec = calibrate_interval(args.engines, args.data, precision, args.work)
+        path = write_interval(args.engines, precision, spec)
+        print(
+            json.dumps(
+                {
+                    "manifest": str(path),
+                    "factor_at_0.9": dict(zip(spec.factors, [t[40] for t in spec.factors.values()], strict=True)),
+                }
+            )
+        )
+    return 0
+
+
 def _resume(args: argparse.Namespace) -> str | Path | None:
     return None if args.restart else (args.resume or "auto")
 
@@ -267,15 +284,31 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     quantize.add_argument("--eval-split", default="test", choices=["train", "val", "test"], help="scored split")
     quantize.add_argument("--seed", type=int, default=0)
     quantize.add_argument(
-        "--max-component-drop-db", type=float, default=0.05,
+        "--max-component-drop-db",
+        type=float,
+        default=0.05,
         help="an encoder/decoder whose INT8 costs more PSNR than this stays FP32 (default 0.05)",
     )
     quantize.add_argument(
-        "--max-component-ssim-drop", type=float, default=0.0005,
+        "--max-component-ssim-drop",
+        type=float,
+        default=0.0005,
         help="an encoder/decoder whose INT8 costs more SSIM than this stays FP32 (default 0.0005)",
     )
     quantize.add_argument("--out", type=Path, help="report folder (default runs/quantize/<model>)")
     quantize.set_defaults(handler=_quantize)
+
+    interval = commands.add_parser(
+        "calibrate-interval",
+        help="fit the per-pixel interval on train, calibrate it on val (conformal), write it into the manifest",
+    )
+    interval.add_argument("--engines", type=Path, required=True, help="the engines/<model> folder")
+    interval.add_argument("--data", type=Path, required=True, help="a prepared data folder (splits.csv with sources)")
+    interval.add_argument(
+        "--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"], help="manifests to calibrate"
+    )
+    interval.add_argument("--work", type=Path, default=Path("runs/interval"), help="cache of served answers")
+    interval.set_defaults(handler=_calibrate_interval)
 
     imported = commands.add_parser(
         "import-engines", help="a shipped model's ONNX files → torch weights to train on from (checked against them)"

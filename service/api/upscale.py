@@ -72,13 +72,13 @@ from xraysr.service.pipeline import AnswerPlan, SRPipeline, UpscaleResult, choos
 from xraysr.service.provenance import DISCLAIMER, provenance
 from xraysr.service.sampler import SEED_MAX, sample_seeds
 from xraysr.service.settings import Settings
-from xraysr.service.uncertainty import UNCERTAINTY_SCALE, uncertainty_png
+from xraysr.service.uncertainty import UNCERTAINTY_SCALE, UncertaintyMap, uncertainty_map, uncertainty_png
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["upscale"])
 
 ENDPOINT = "/upscale"
-STAGES = ("decode", "queue", "encode", "denoise", "vae_decode", "png", "consistency", "total")
+STAGES = ("decode", "queue", "encode", "denoise", "vae_decode", "png", "interval", "consistency", "total")
 
 _REQUEST_BODY = image_request_body(
     "The low-resolution image: the file itself, or a multipart form with a `file` field."
@@ -315,7 +315,7 @@ async def upscale(
                 "steps": result.steps,
                 "seed": result.seed,
                 "samples": result.samples,
-                **_uncertainty_fields(result, finished.spread_png),
+                **_uncertainty_fields(finished),
                 "model_version": manifest.version,
                 "stage_ms": {stage: round(ms, 3) for stage, ms in stage_ms.items()},
                 "input_conversion": decoded.conversion,
@@ -390,7 +390,8 @@ class _Finished:
     fidelity: FidelityReport
     png: bytes  # empty for a DICOM answer
     dicom: bytes | None
-    spread_png: bytes | None  # the uncertainty map, for the JSON answer
+    uncertainty: UncertaintyMap | None  # the JSON answer's map (the calibrated interval, or an older model's spread)
+    samples_png: list[bytes] | None  # the JSON answer's diffusion samples, for two or more
     bicubic_png: bytes  # the baseline, for the JSON answer; else empty
 
 
@@ -404,7 +405,8 @@ def _finish(
     source: DicomSource | None,
 ) -> _Finished:
     """In a worker thread, after the batch: the fidelity guard (service/consistency.py; the "consistency" stage),
-    then the one encoding the client asked for ("png", or "dicom" for a DICOM Secondary Capture)."""
+    then the one encoding the client asked for ("png", or "dicom" for a DICOM Secondary Capture); a JSON answer
+    adds its per-pixel interval ("interval")."""
     started = time.perf_counter()
     image, fidelity = guard(lr, result.image, mode, settings.lr_consistency_low_db)
     if mode == "enforce":
@@ -413,7 +415,7 @@ def _finish(
 
     started = time.perf_counter()
     enforced = f"{BACK_PROJECTION_ITERATIONS} back-projection iterations" if mode == "enforce" else None
-    png, dicom, spread_png, bicubic_png = b"", None, None, b""
+    png, dicom, uncertainty, samples_png, bicubic_png = b"", None, None, None, b""
     if source is not None:
         note = f"projected onto its input, {enforced}" if enforced else None
         dicom = secondary_capture(source, result, manifest, settings.dicom_uid_root, note)
@@ -424,23 +426,40 @@ def _finish(
             text["xraysr-consistency"] = f"enforce: {enforced}"
         png = encode_png(result.image, text)
         if as_json:
-            spread_png = uncertainty_png(result.uncertainty) if result.uncertainty is not None else None
-            bicubic_png = encode_png(bicubic_upscale(lr, manifest.image.hr_size))
+            bicubic = bicubic_upscale(lr, manifest.image.hr_size)
+            bicubic_png = encode_png(bicubic)
+            if result.sample_images is not None:
+                samples_png = [encode_png(sample) for sample in result.sample_images]
         stage_seconds["png"] = time.perf_counter() - started
+        if as_json:
+            started = time.perf_counter()
+            uncertainty = uncertainty_map(result, bicubic, manifest, settings.uncertainty_coverage)
+            if manifest.interval is not None:
+                stage_seconds["interval"] = time.perf_counter() - started
     result.stage_seconds = stage_seconds
-    return _Finished(result, fidelity, png, dicom, spread_png, bicubic_png)
+    return _Finished(result, fidelity, png, dicom, uncertainty, samples_png, bicubic_png)
 
 
-def _uncertainty_fields(result: UpscaleResult, spread_png: bytes | None) -> dict[str, Any]:
-    """The spread of the samples for the JSON answer: null for one sample, which has none.
-
-    The PNG's level is the standard deviation in grey levels / ``uncertainty_scale``, a fixed constant so that
-    maps of different requests compare; ``uncertainty_mean`` is the unrounded map's mean, in grey levels.
-    """
-    if result.uncertainty is None or spread_png is None:
-        return {"uncertainty_png_base64": None, "uncertainty_scale": None, "uncertainty_mean": None}
-    return {
-        "uncertainty_png_base64": base64.b64encode(spread_png).decode("ascii"),
-        "uncertainty_scale": UNCERTAINTY_SCALE,
-        "uncertainty_mean": round(float(result.uncertainty.mean()), 4),
+def _uncertainty_fields(finished: _Finished) -> dict[str, Any]:
+    """The JSON answer's map: the half-width of the per-pixel interval that holds the true value with probability
+    ``uncertainty_coverage`` (service/interval.py); for a model without a calibrated interval, the samples'
+    spread (coverage null), and nothing for one sample. The PNG's level × ``uncertainty_scale`` is grey levels, a
+    fixed constant so that maps of different requests compare; ``uncertainty_mean`` is the unrounded map's mean.
+    ``samples_png_base64`` holds each diffusion sample for two or more: what the model could invent here."""
+    fields: dict[str, Any] = {
+        "uncertainty_png_base64": None,
+        "uncertainty_scale": None,
+        "uncertainty_mean": None,
+        "uncertainty_coverage": None,
+        "samples_png_base64": None,
     }
+    if finished.uncertainty is not None:
+        fields.update(
+            uncertainty_png_base64=base64.b64encode(uncertainty_png(finished.uncertainty.grey_levels)).decode(),
+            uncertainty_scale=UNCERTAINTY_SCALE,
+            uncertainty_mean=round(float(finished.uncertainty.grey_levels.mean()), 4),
+            uncertainty_coverage=finished.uncertainty.coverage,
+        )
+    if finished.samples_png is not None:
+        fields["samples_png_base64"] = [base64.b64encode(png).decode("ascii") for png in finished.samples_png]
+    return fields

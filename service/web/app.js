@@ -13,6 +13,8 @@ const state = {
   result: null, // the JSON answer of the last upscale
   downloadUrl: null,
   busy: false,
+  samples: [], // canvases of the answer's diffusion samples, for two or more
+  answerCanvas: null, // the answer itself, which the output panel shows unless a sample is chosen
 };
 
 // --- messages ------------------------------------------------------------------------------------------------
@@ -292,8 +294,11 @@ async function showResult(result) {
       const levels = await canvasOf(base64Blob(result.uncertainty_png_base64, "image/png"));
       sources.uncertainty = uncertaintyMap(levels, result.uncertainty_scale);
     }
-    $("meta-uncertainty").textContent =
-      result.answer === "estimate" ? "one-pass estimate" : `spread of ${result.samples} sample${result.samples > 1 ? "s" : ""}`;
+    $("meta-uncertainty").textContent = uncertaintyLabel(result);
+    $("unc-note").textContent = result.uncertainty_coverage
+      ? `the true value lies within ± this with ${percent(result.uncertainty_coverage)} probability (calibrated)`
+      : "standard deviation across samples (not calibrated)";
+    await showSamples(result);
     if (result.lr_consistency_low) {
       warning(
         `Low LR consistency (${formatDb(result.lr_consistency_psnr)}): shrinking the output does not give back the ` +
@@ -301,13 +306,45 @@ async function showResult(result) {
       );
     }
   }
-  $("empty-uncertainty").textContent = result && result.samples < 2 ? "needs diffusion samples ≥ 2" : "—";
+  if (!result) await showSamples(null);
+  $("empty-uncertainty").textContent = result && !result.uncertainty_png_base64 ? "this model has no interval" : "—";
   $("empty-bicubic").textContent = result && !result.bicubic_png_base64 ? "the server sent no bicubic baseline" : "—";
   $("empty-difference").textContent = $("empty-bicubic").textContent;
   render();
 }
 
 const formatDb = (value) => (typeof value === "number" ? `${value.toFixed(1)} dB` : "–");
+const percent = (probability) => `${Math.round(probability * 100)}%`;
+
+function uncertaintyLabel(result) {
+  if (result.uncertainty_coverage) return `± grey levels at ${percent(result.uncertainty_coverage)}`;
+  return result.samples > 1 ? `spread of ${result.samples} samples` : "none";
+}
+
+// The mean of K samples is the answer; each sample is what the model could invent here. The output panel shows
+// whichever is chosen, zoomed with the others.
+async function showSamples(result) {
+  const select = $("sample-view");
+  const samples = result && result.samples_png_base64 ? result.samples_png_base64 : [];
+  state.samples = [];
+  for (const png of samples) state.samples.push(await canvasOf(base64Blob(png, "image/png")));
+  state.answerCanvas = sources.output;
+  select.replaceChildren();
+  if (samples.length) {
+    select.append(new Option(`mean of ${samples.length}`, "mean"));
+    samples.forEach((_, index) => select.append(new Option(`sample ${index + 1}`, String(index))));
+  }
+  select.hidden = samples.length === 0;
+  $("meta-output").textContent = "256×256 output";
+}
+
+function chooseSample() {
+  const choice = $("sample-view").value;
+  const sample = choice === "mean" ? null : state.samples[Number(choice)];
+  sources.output = sample || state.answerCanvas;
+  $("meta-output").textContent = sample ? "one sample: what the model could invent here" : "256×256 output";
+  render();
+}
 
 function showFacts(result) {
   const fact = (id, text) => {
@@ -324,7 +361,8 @@ function showFacts(result) {
   if (result && result.lr_consistency_low) consistency.textContent += " — low";
   consistency.classList.toggle("low", Boolean(result && result.lr_consistency_low));
   const mean = result && typeof result.uncertainty_mean === "number";
-  const spread = mean ? `${result.uncertainty_mean.toFixed(2)} grey levels` : "needs diffusion samples ≥ 2";
+  const at = result && result.uncertainty_coverage ? ` at ${percent(result.uncertainty_coverage)}` : "";
+  const spread = mean ? `±${result.uncertainty_mean.toFixed(2)} grey levels${at}` : "none";
   fact("fact-uncertainty", result ? spread : "–");
   $("server-disclaimer").textContent = result && result.disclaimer ? result.disclaimer : "";
 }
@@ -411,6 +449,7 @@ function wire() {
   window.addEventListener("drop", (event) => event.preventDefault());
 
   $("answer").addEventListener("change", applyAnswerChoice);
+  $("sample-view").addEventListener("change", chooseSample);
   $("steps").addEventListener("input", () => {
     $("steps-value").textContent = $("steps").value;
   });

@@ -111,7 +111,7 @@ def test_upscale_a_folder_with_samples(
     [
         (["--samples", "9"], "--samples must be between 1 and 8, got 9"),
         (["--samples", "0"], "--samples must be between 1 and 8, got 0"),
-        (["--uncertainty", "{tmp}/u.png"], "--uncertainty needs --samples 2 or more: one sample has no spread"),
+        (["--uncertainty", "{tmp}/u.png"], "--uncertainty: tiny-test has no calibrated interval, and one sample has no spread: give --samples 2 or more"),  # noqa: E501
     ],
 )
 def test_upscale_refuses_samples_it_cannot_run(

@@ -46,8 +46,8 @@ def test_a_wrong_layout_is_refused() -> None:
 
 
 def test_the_png_scale_is_fixed_and_saturates() -> None:
-    assert UNCERTAINTY_SCALE == 0.25
-    spread = np.array([[0.0, 0.12, 0.13, 1.0, 63.75, 100.0]], np.float32)
+    assert UNCERTAINTY_SCALE == 0.5
+    spread = np.array([[0.0, 0.24, 0.26, 2.0, 127.5, 200.0]], np.float32)
     np.testing.assert_array_equal(uncertainty_levels(spread), [[0, 0, 1, 4, 255, 255]])
     image = Image.open(io.BytesIO(uncertainty_png(spread)))
     assert image.mode == "L"

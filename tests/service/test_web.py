@@ -293,6 +293,18 @@ def test_a_64x64_xray_fills_all_five_panels_zooms_them_together_and_downloads(br
     assert all(stage in stages for stage in ("decode", "denoise", "vae decode")), stages
     assert re.fullmatch(r"\d+\.\d dB( — low)?", _text(browser, "fact-consistency"))
     assert "not for diagnosis" in _text(browser, "disclaimer").lower()
+    # The uncertainty panel is the calibrated interval, labelled with its coverage.
+    assert _text(browser, "meta-uncertainty") == "± grey levels at 90%"
+    assert re.fullmatch(r"±\d+\.\d\d grey levels at 90%", _text(browser, "fact-uncertainty"))
+    # Each sample can be shown in the output panel, labelled as what the model could invent; then the mean again.
+    chooser = Select(browser.find_element("id", "sample-view"))
+    assert [option.text for option in chooser.options] == ["mean of 2", "sample 1", "sample 2"]
+    chooser.select_by_value("0")
+    sample = _canvas(browser, "output")
+    assert not np.array_equal(sample["grey"], panels["output"]["grey"])
+    assert "could invent" in _text(browser, "meta-output")
+    chooser.select_by_value("mean")
+    np.testing.assert_array_equal(_canvas(browser, "output")["grey"], panels["output"]["grey"])
 
     # A click magnifies the clicked region 4× in all five panels at once; keys then pan and reset them together.
     output = browser.find_element("id", "canvas-output")
