@@ -77,9 +77,8 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
             tasks.cancel_scope.cancel()
         # The batcher has stopped and no batch is running: a GPU runtime (TensorRT) frees its engines and
         # buffers now, with its CUDA context current, rather than at interpreter exit with none.
-        close = getattr(getattr(pipeline, "runtime", None), "close", None)
-        if close is not None:
-            close()
+        if pipeline is not None:
+            pipeline.runtime.close()
         if tegrastats is not None:
             tegrastats.stop()
 

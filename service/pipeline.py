@@ -224,7 +224,7 @@ class SRPipeline:
 
     def _device_time(self, device_seconds: dict[str, float], stage: str, component: str) -> None:
         """A GPU runtime times each run with CUDA events (``last_gpu_seconds``); add that beside host time."""
-        last = getattr(self.runtime, "last_gpu_seconds", {})
+        last = self.runtime.last_gpu_seconds
         if component in last:
             device_seconds[stage] = device_seconds.get(stage, 0.0) + last[component]
 

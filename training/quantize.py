@@ -26,6 +26,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,6 +46,7 @@ from PIL import Image
 
 from xraysr.service.manifest import COMPONENTS, Manifest, load_manifest, sha256_of, write_manifest
 from xraysr.service.pipeline import AnswerPlan, SRPipeline, choose_answer
+from xraysr.service.runtimes import NO_DEVICE_TIME, Runtime
 from xraysr.service.sampler import DDIMSampler
 from xraysr.training.data import read_splits
 from xraysr.training.metrics import bicubic_upscale, psnr, ssim
@@ -63,13 +65,20 @@ class RecordingRuntime:
 
     backend = "recording"
 
-    def __init__(self, inner: object) -> None:
+    def __init__(self, inner: Runtime) -> None:
         self.inner = inner
         self.inputs: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in COMPONENTS}
 
+    @property
+    def last_gpu_seconds(self) -> Mapping[str, float]:
+        return self.inner.last_gpu_seconds
+
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         self.inputs[component].append({name: value.copy() for name, value in inputs.items()})
-        return self.inner.run(component, inputs)  # type: ignore[attr-defined]
+        return self.inner.run(component, inputs)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class FileRuntime:
@@ -83,9 +92,16 @@ class FileRuntime:
         }
         self._outputs = {name: manifest.components[name].outputs[0].name for name in COMPONENTS}
 
+    @property
+    def last_gpu_seconds(self) -> Mapping[str, float]:
+        return NO_DEVICE_TIME
+
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         (output,) = self._sessions[component].run([self._outputs[component]], inputs)
         return output
+
+    def close(self) -> None:
+        self._sessions.clear()
 
 
 class _FeedReader(CalibrationDataReader):

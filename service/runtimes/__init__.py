@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -17,7 +19,19 @@ class Runtime(Protocol):
 
     backend: str
 
+    @property
+    def last_gpu_seconds(self) -> Mapping[str, float]:
+        """Device time of this thread's latest run of each component (CUDA events); empty on a CPU runtime."""
+        ...
+
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def close(self) -> None:
+        """Frees what the runtime holds (sessions, engines, device buffers); the runtime is unusable after."""
+        ...
+
+
+NO_DEVICE_TIME: Mapping[str, float] = MappingProxyType({})
 
 
 @runtime_checkable

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from xraysr.service.manifest import Manifest, served_components
+from xraysr.service.runtimes import NO_DEVICE_TIME
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,13 @@ class OnnxRuntime:
             self._output_names[name] = component.outputs[0].name
             logger.info("loaded %s from %s", name, path)
 
+    @property
+    def last_gpu_seconds(self) -> Mapping[str, float]:
+        return NO_DEVICE_TIME  # a CPU runtime: host time is all there is
+
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         (output,) = self._sessions[component].run([self._output_names[component]], inputs)
         return output
+
+    def close(self) -> None:
+        self._sessions.clear()  # ONNX Runtime frees a session's memory when its last reference goes

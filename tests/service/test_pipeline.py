@@ -25,6 +25,9 @@ class _DeviceTimedRuntime:
         self.last_gpu_seconds[component] = 0.002
         return self.inner.run(component, inputs)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 def test_device_times_are_reported_beside_host_times(tiny_engine_dir: Path) -> None:
     manifest = load_manifest(tiny_engine_dir)
@@ -51,12 +54,19 @@ class _RecordingRuntime:
         self.calls: list[tuple[str, dict[str, tuple[int, ...]]]] = []
         self.decoded: list[np.ndarray] = []
 
+    @property
+    def last_gpu_seconds(self) -> dict[str, float]:
+        return self.inner.last_gpu_seconds
+
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         self.calls.append((component, {name: values.shape for name, values in inputs.items()}))
         output = self.inner.run(component, inputs)
         if component == "decoder":
             self.decoded.append(output[:, 0])
         return output
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 @pytest.fixture(scope="module")
