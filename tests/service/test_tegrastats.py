@@ -210,7 +210,7 @@ def test_the_app_exports_jetson_metrics_while_it_runs(fake_tegrastats: Path, mon
     # The lifespan's model loading is replaced by a stand-in: this test is about the exporter's wiring.
     pipeline = SimpleNamespace(
         manifest=SimpleNamespace(model="cxr-default", version="test", precision="fp32"),
-        runtime=SimpleNamespace(backend="onnxruntime"),
+        runtime=SimpleNamespace(backend="onnxruntime", close=lambda: None),  # the Runtime protocol it is closed by
     )
     monkeypatch.setattr(app_module, "load_pipeline", lambda settings: pipeline)
     app = app_module.create_app(Settings(engines_dir=REPO / "engines", model="cxr-default"))
