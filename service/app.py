@@ -21,6 +21,7 @@ from xraysr.service.api import metrics, probes, shrink, ui, upscale
 from xraysr.service.api.browser import BrowserGuard
 from xraysr.service.api.docs import add_offline_docs
 from xraysr.service.api.errors import add_error_handlers
+from xraysr.service.app_state import AppState, state_of
 from xraysr.service.batching import Batcher
 from xraysr.service.concurrency import Admission, ByteBudget
 from xraysr.service.engine import load_pipeline
@@ -35,9 +36,9 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
     def install(app: FastAPI, pipeline: SRPipeline) -> Batcher:
-        manifest = pipeline.manifest
-        app.state.metrics.set_model(manifest.model, manifest.version, pipeline.runtime.backend, manifest.precision)
-        app.state.admission = Admission(
+        manifest, state = pipeline.manifest, state_of(app)
+        state.metrics.set_model(manifest.model, manifest.version, pipeline.runtime.backend, manifest.precision)
+        state.admission = Admission(
             settings.max_concurrent_requests, settings.max_queued_requests, settings.max_batch, settings.max_decoding
         )
         batcher = Batcher(
@@ -45,12 +46,12 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
             settings.max_batch,
             settings.max_batch_delay_ms / 1000,
             settings.max_concurrent_requests,
-            on_batch=app.state.metrics.observe_batch,
-            on_stop=app.state.metrics.batches_stopped.inc,
+            on_batch=state.metrics.observe_batch,
+            on_stop=state.metrics.batches_stopped.inc,
         )
-        app.state.batcher, app.state.pipeline = batcher, pipeline
-        if app.state.lifecycle.state == "loading":
-            app.state.lifecycle.state = "ready"
+        state.batcher, state.pipeline = batcher, pipeline
+        if state.lifecycle.state == "loading":
+            state.lifecycle.state = "ready"
         return batcher
 
     async def load_then_batch(app: FastAPI) -> None:
@@ -58,7 +59,7 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
             pipeline = await anyio.to_thread.run_sync(load_pipeline, settings)
         except Exception as error:  # noqa: BLE001 - reported by /readyz and turned into the exit status
             logger.exception("the model could not be loaded")
-            app.state.lifecycle.fail(f"{type(error).__name__}: {error}")
+            state_of(app).lifecycle.fail(f"{type(error).__name__}: {error}")
             return
         await install(app, pipeline).run()
 
@@ -66,14 +67,15 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A test client's first request needs the model: load it before the app reports started.
         batcher = None if load_in_background else install(app, await anyio.to_thread.run_sync(load_pipeline, settings))
-        tegrastats = start_tegrastats(app.state.metrics.registry)  # None unless XRAYSR_TEGRASTATS=1 on a Jetson
+        state = state_of(app)
+        tegrastats = start_tegrastats(state.metrics.registry)  # None unless XRAYSR_TEGRASTATS=1 on a Jetson
         async with anyio.create_task_group() as tasks:
             if batcher is None:
                 tasks.start_soon(load_then_batch, app)
             else:
                 tasks.start_soon(batcher.run)
             yield
-            pipeline, app.state.pipeline = app.state.pipeline, None
+            pipeline, state.pipeline = state.pipeline, None
             tasks.cancel_scope.cancel()
         # The batcher has stopped and no batch is running: a GPU runtime (TensorRT) frees its engines and
         # buffers now, with its CUDA context current, rather than at interpreter exit with none.
@@ -90,9 +92,12 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
         docs_url=None,  # served from local assets by add_offline_docs: FastAPI's default loads them from a CDN
         redoc_url=None,
     )
-    app.state.settings, app.state.metrics, app.state.pipeline = settings, ServiceMetrics(), None
-    app.state.lifecycle, app.state.admission, app.state.batcher = Lifecycle(), None, None
-    app.state.shrink_uploads = ByteBudget(settings.shrink_upload_budget_bytes)
+    app.state.xraysr = AppState(
+        settings=settings,
+        metrics=ServiceMetrics(),
+        lifecycle=Lifecycle(),
+        shrink_uploads=ByteBudget(settings.shrink_upload_budget_bytes),
+    )
     for module in (upscale, shrink, probes, metrics, ui):
         app.include_router(module.router)
     add_error_handlers(app)
@@ -109,7 +114,7 @@ def create_app(settings: Settings, load_in_background: bool = False) -> FastAPI:
     app.add_middleware(BrowserGuard, trusted_hosts=settings.trusted_hosts, allowed_origins=settings.allowed_origins)
     app.add_middleware(
         RequestMetricsMiddleware,
-        metrics=app.state.metrics,
+        metrics=state_of(app).metrics,
         endpoints=frozenset(
             route.path for module in (upscale, shrink, probes, metrics, ui) for route in module.router.routes
         ),

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from xraysr.service.app_state import state_of
 from xraysr.service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -145,13 +146,13 @@ class GracefulServer(uvicorn.Server):
             os._exit(128 + sig)
         # Not uvicorn's: it would close the port now and re-raise the signal on exit (status 143, not 0).
         self.draining_since = time.monotonic()
-        self.app.state.lifecycle.begin_drain()
+        state_of(self.app).lifecycle.begin_drain()
         logger.info("%s: draining for up to %.1f s", signal.Signals(sig).name, self.grace_s)
 
     async def on_tick(self, counter: int) -> bool:
         if await super().on_tick(counter):
             return True
-        state = self.app.state
+        state = state_of(self.app)
         if state.lifecycle.state == "failed":
             logger.error("exiting: the model did not load (%s)", state.lifecycle.load_error)
             self.exit_code = 1
@@ -165,7 +166,8 @@ class GracefulServer(uvicorn.Server):
         if not in_hand:
             return True
         if time.monotonic() - self.draining_since >= self.grace_s and not state.lifecycle.grace_over:
-            logger.warning("grace period over: answering %d unfinished upscale(s) with 503", admission.admitted)
+            unfinished = admission.admitted if admission is not None else 0
+            logger.warning("grace period over: answering %d unfinished upscale(s) with 503", unfinished)
             state.lifecycle.end_grace()
             if batcher is not None:
                 batcher.shut_down()

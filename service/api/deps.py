@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from xraysr.service.app_state import state_of
 from xraysr.service.batching import Batcher
 from xraysr.service.concurrency import Admission
 from xraysr.service.lifecycle import Lifecycle
@@ -19,24 +20,21 @@ from xraysr.service.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return state_of(request.app).settings
 
 
 def get_metrics(request: Request) -> ServiceMetrics:
-    metrics: ServiceMetrics = request.app.state.metrics
-    return metrics
+    return state_of(request.app).metrics
 
 
 def get_lifecycle(request: Request) -> Lifecycle:
-    lifecycle: Lifecycle = request.app.state.lifecycle
-    return lifecycle
+    return state_of(request.app).lifecycle
 
 
 def get_pipeline(request: Request) -> SRPipeline:
     """The loaded pipeline; 503 until the model is loaded, and again once shutdown began."""
-    lifecycle: Lifecycle = request.app.state.lifecycle
-    pipeline: SRPipeline | None = request.app.state.pipeline
+    state = state_of(request.app)
+    lifecycle, pipeline = state.lifecycle, state.pipeline
     if lifecycle.state == "draining":
         raise HTTPException(503, "the server is shutting down; retry on another instance", {"Retry-After": "1"})
     if pipeline is None or lifecycle.state != "ready":
@@ -52,12 +50,14 @@ PipelineDep = Annotated[SRPipeline, Depends(get_pipeline)]
 
 def get_admission(request: Request, pipeline: PipelineDep) -> Admission:
     # Depends on the pipeline so that a request before start-up finished gets its 503, not an AttributeError.
-    admission: Admission = request.app.state.admission
+    admission = state_of(request.app).admission
+    assert admission is not None  # set with the pipeline, which the dependency above required
     return admission
 
 
 def get_batcher(request: Request, pipeline: PipelineDep) -> Batcher:
-    batcher: Batcher = request.app.state.batcher
+    batcher = state_of(request.app).batcher
+    assert batcher is not None  # set with the pipeline, which the dependency above required
     return batcher
 
 
@@ -68,7 +68,7 @@ BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 def require_token(request: Request) -> None:
     """With ``api_key`` set: 'Authorization: Bearer <api_key>', compared in constant time. The 401 does not say
     whether the token was missing or wrong."""
-    settings: Settings = request.app.state.settings
+    settings = state_of(request.app).settings
     if settings.api_key is None:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -81,7 +81,7 @@ def require_token(request: Request) -> None:
 
 
 def require_token_for_metrics(request: Request) -> None:
-    if request.app.state.settings.protect_metrics:
+    if state_of(request.app).settings.protect_metrics:
         require_token(request)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from xraysr.service.lifecycle import Lifecycle
+from xraysr.service.app_state import state_of
 
 router = APIRouter(tags=["probes"])
 
@@ -26,8 +26,8 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "loading, draining (shutting down), or failed (the model did not load)."}},
 )
 async def readyz(request: Request) -> Any:
-    lifecycle: Lifecycle = request.app.state.lifecycle
-    pipeline = request.app.state.pipeline
+    state = state_of(request.app)
+    lifecycle, pipeline = state.lifecycle, state.pipeline
     if lifecycle.state != "ready" or pipeline is None:
         body: dict[str, str] = {"status": lifecycle.state if lifecycle.state != "ready" else "draining"}
         if lifecycle.load_error is not None:
@@ -40,6 +40,6 @@ async def readyz(request: Request) -> Any:
         "version": manifest.version,
         "backend": pipeline.runtime.backend,
         "precision": manifest.precision,
-        "precision_choice": request.app.state.settings.precision_choice,
+        "precision_choice": state.settings.precision_choice,
         "default_answer": manifest.sampler.default_answer,
     }

@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse
 
 from xraysr.service.api.bodies import image_from_request, image_request_body, read_body
 from xraysr.service.api.deps import SettingsDep, reject_unknown_query, require_token
-from xraysr.service.concurrency import ByteBudget, Overloaded
+from xraysr.service.app_state import state_of
+from xraysr.service.concurrency import Overloaded
 from xraysr.service.imaging import ImageError, check_body_size
 from xraysr.service.shrink import HR_SIZE, LR_SIZE, RECIPE, shrink_file
 
@@ -53,10 +54,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def _limiter(request: Request, settings: SettingsDep) -> anyio.CapacityLimiter:
     # Made on first use, inside the event loop; decoding a full-size image costs memory, so few run at once.
-    limiter: anyio.CapacityLimiter | None = getattr(request.app.state, "shrink_decoding", None)
-    if limiter is None:
-        limiter = request.app.state.shrink_decoding = anyio.CapacityLimiter(settings.max_decoding)
-    return limiter
+    state = state_of(request.app)
+    if state.shrink_decoding is None:
+        state.shrink_decoding = anyio.CapacityLimiter(settings.max_decoding)
+    return state.shrink_decoding
 
 
 @router.post(
@@ -70,7 +71,7 @@ def _limiter(request: Request, settings: SettingsDep) -> anyio.CapacityLimiter:
 async def shrink_image(request: Request, settings: SettingsDep) -> Response:
     cap = settings.max_shrink_body_bytes
     declared = request.headers.get("content-length", "")
-    budget: ByteBudget = request.app.state.shrink_uploads
+    budget = state_of(request.app).shrink_uploads
     try:
         size = int(declared) if declared.isdigit() else cap  # a chunked upload may grow to the cap
         check_body_size(size, cap)

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from xraysr.service import __version__
 from xraysr.service.app import create_app
+from xraysr.service.app_state import state_of
 from xraysr.service.manifest import read_manifest, write_manifest
 from xraysr.service.provenance import DISCLAIMER
 from xraysr.service.settings import Settings
@@ -161,7 +162,7 @@ def test_bad_requests_get_a_one_line_detail(
 def test_a_pipeline_bug_is_a_logged_500_and_the_server_carries_on(
     client: TestClient, lr_png: bytes, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pipeline = client.app.state.pipeline  # type: ignore[attr-defined]
+    pipeline = state_of(client.app).pipeline  # type: ignore[arg-type]
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("onnxruntime exploded")
@@ -263,7 +264,7 @@ def test_beyond_the_queue_it_answers_503_with_retry_after(engine_settings: Setti
 
     async def main() -> None:
         async with app.router.lifespan_context(app):
-            pipeline = app.state.pipeline
+            pipeline = state_of(app).pipeline
             real_estimate_batch = pipeline.estimate_batch
 
             def slow_estimate_batch(*args: object, **kwargs: object) -> object:

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
 from xraysr.service import app as app_module
+from xraysr.service.app_state import state_of
 from xraysr.service.metrics import ServiceMetrics
 from xraysr.service.settings import Settings
 from xraysr.service.tegrastats import (
@@ -217,4 +218,4 @@ def test_the_app_exports_jetson_metrics_while_it_runs(fake_tegrastats: Path, mon
     with TestClient(app, base_url="http://localhost") as client:
         _wait_for(lambda: "xraysr_jetson_power_watts" in client.get("/metrics").text)
         assert 'xraysr_jetson_power_watts{rail="VDD_SOC"} 1.434' in client.get("/metrics").text
-    assert b"xraysr_jetson" not in generate_latest(app.state.metrics.registry)
+    assert b"xraysr_jetson" not in generate_latest(state_of(app).metrics.registry)
