@@ -198,7 +198,7 @@ def _png_to_gray8(image: Image.Image) -> tuple[np.ndarray, str | None]:
     if mode == "L":
         return np.asarray(image), None
     if mode in SIXTEEN_BIT_MODES:
-        return _rescale_16bit(np.asarray(image)), "16bit_rescaled"
+        return rescale_16bit(np.asarray(image)), "16bit_rescaled"
     try:
         # Grayscale stored as colour: composite alpha on black, then luma, as training/prepare.py made the data.
         if mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -221,7 +221,8 @@ def _png_to_gray8(image: Image.Image) -> tuple[np.ndarray, str | None]:
     return luma, conversion
 
 
-def _rescale_16bit(values: np.ndarray) -> np.ndarray:
+def rescale_16bit(values: np.ndarray) -> np.ndarray:
+    """16-bit grayscale → 8 bits over the full 16-bit range (rule 4), as /upscale maps a 16-bit PNG."""
     # The full 16-bit range, not min-max: min-max would stretch every image to its own window.
     low, high = int(values.min()), int(values.max())
     if low < 0 or high > 65535:

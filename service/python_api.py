@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from xraysr.service.consistency import bicubic_upscale
+from xraysr.service.imaging import rescale_16bit
 from xraysr.service.pipeline import AnswerPlan, SRPipeline, choose_answer
 from xraysr.service.sampler import SEED_MAX, sample_seeds
 from xraysr.service.settings import Settings, load_settings
@@ -105,7 +106,7 @@ class Upscaler:
         if array.shape != (size, size) or array.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"expected a ({size}, {size}) uint8 or uint16 array, got {array.dtype} {array.shape}")
         if array.dtype == np.uint16:
-            return np.rint(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+            return rescale_16bit(array)
         return np.ascontiguousarray(array)
 
 

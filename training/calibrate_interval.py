@@ -64,9 +64,10 @@ def calibrate_interval(model_dir: Path, data_root: Path, precision: Precision, w
     train = adults(answers("estimate", "train"))
     weights = fit_weights(train)
     logger.info("scale model fitted on %d adult training answers", len(train.names))
-    factors = {}
+    factors, calibrated_on = {}, {}
     for kind in plans:
         validation = adults(answers(kind, "val"))
+        calibrated_on[kind] = len(validation.names)
         factors[kind] = calibrate_factors(scores(validation, weights), COVERAGES)
         logger.info("%s: λ(0.9) = %.3f on %d adult validation answers", kind, factors[kind][40], len(validation.names))
     return IntervalSpec(
@@ -77,7 +78,7 @@ def calibrate_interval(model_dir: Path, data_root: Path, precision: Precision, w
         calibration={
             "method": "log-linear Laplace scale (train) + conformal risk control over images (val)",
             "fitted_on": f"{len(train.names)} adult training images, the estimate",
-            "calibrated_on": f"{len(adults(answers('estimate', 'val')).names)} adult validation images",
+            "calibrated_on": f"{calibrated_on['estimate']} adult validation images",
             "samples_answer": f"{plans['samples'].steps} steps x {plans['samples'].samples} samples, seeds from 0",
             "precision": precision,
             "data": data_root.name,
