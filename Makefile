@@ -3,20 +3,29 @@ PYTHON ?= python3
 VENV ?= .venv
 # torch is pinned through constraints.txt: an unpinned torch pulls several GB of CUDA packages.
 PIP = $(VENV)/bin/pip install --quiet --constraint constraints.txt
+# Strict editable: the venv sees exactly the files pyproject.toml packages (a link tree under build/), mapped as
+# the wheel maps them, so a file left out of the package fails here first rather than in a user's install.
+EDITABLE = --config-settings editable_mode=strict --editable
+# A strict editable install sees edits to its files but not new or removed ones: it is redone when the list of
+# packaged files changes (the list is rewritten only then, so its date says when).
+PACKAGE_FILES := $(sort $(shell find src service training engines/cxr-default -type f -not -path '*/__pycache__/*' 2>/dev/null))
 
-.PHONY: serve test lint screenshot train-default clean
+.PHONY: serve test lint screenshot train-default clean FORCE
 
 $(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
 
+$(VENV)/.package-files: FORCE | $(VENV)/bin/pip
+	@echo '$(PACKAGE_FILES)' | cmp -s - $@ || echo '$(PACKAGE_FILES)' > $@
+
 # The serving install: no torch, no diffusers.
-$(VENV)/.serve-installed: pyproject.toml constraints.txt | $(VENV)/bin/pip
-	$(PIP) --editable .
+$(VENV)/.serve-installed: pyproject.toml constraints.txt $(VENV)/.package-files
+	$(PIP) $(EDITABLE) .
 	touch $@
 
 # The test install adds the train and dev extras.
-$(VENV)/.test-installed: pyproject.toml constraints.txt | $(VENV)/bin/pip
-	$(PIP) --editable '.[train,dev]'
+$(VENV)/.test-installed: pyproject.toml constraints.txt $(VENV)/.package-files
+	$(PIP) $(EDITABLE) '.[train,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 # Loopback by default; `XRAYSR_API_KEY=<key> make serve SERVE_ARGS="--host 0.0.0.0"` to accept other machines.
@@ -27,8 +36,8 @@ test: $(VENV)/.test-installed
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.test-installed
-	$(VENV)/bin/ruff check service training tests docs/scripts xraysr
-	$(VENV)/bin/mypy xraysr/service
+	$(VENV)/bin/ruff check src service training tests docs/scripts
+	$(VENV)/bin/mypy -p xraysr.service
 
 # The README's picture of the web page: the browser test saves it (needs Debian's chromium + chromium-driver).
 screenshot: $(VENV)/.test-installed

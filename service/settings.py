@@ -7,6 +7,7 @@ that names the setting, instead of surfacing later as a failed request.
 from __future__ import annotations
 
 import ipaddress
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -32,9 +33,18 @@ FP16_NEEDS_TENSORRT = (
 LR_CONSISTENCY_LOW_DB = 40.3
 
 
-# The shipped default model travels inside the package (xraysr/engines links to the repository's engines/), so
-# `xraysr serve` serves it from any directory, from a wheel or from a checkout alike.
-PACKAGED_ENGINES_DIR = Path(__file__).parent.parent / "engines"
+def packaged_engines_dir() -> Path:
+    """The shipped default model's parent folder inside the installed package (xraysr/engines, mapped from the
+    repository's engines/ by pyproject.toml), so `xraysr serve` serves it from any directory, from a wheel or a
+    (strict editable) checkout alike."""
+    engines = files("xraysr") / "engines"
+    if not isinstance(engines, Path):
+        # ONNX Runtime and TensorRT open model files by path; a zipped install has none to give them.
+        raise RuntimeError(f"xraysr is installed as an archive ({engines}); install it as files to serve its model")
+    return engines
+
+
+PACKAGED_ENGINES_DIR = packaged_engines_dir()
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")

@@ -17,8 +17,14 @@ import sysconfig
 import time
 import venv
 import zipfile
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -26,6 +32,31 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def package_dirs() -> dict[str, str]:
+    """Each top-level folder pyproject.toml maps into the package, by the package it becomes."""
+    return pyproject()["tool"]["setuptools"]["package-dir"]
+
+
+def test_every_package_folder_is_listed_and_nothing_is_a_link() -> None:
+    listed = set(pyproject()["tool"]["setuptools"]["packages"])
+    found = {"xraysr.engines"}
+    for package, folder in package_dirs().items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            if "__pycache__" not in init.parts:
+                relative = init.parent.relative_to(REPO / folder).parts
+                found.add(".".join((package, *relative)))
+    assert listed == found
+    tracked = subprocess.run(
+        ["git", "ls-files", "-s"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    links = [line.split("\t")[-1] for line in tracked if line.startswith("120000")]
+    assert links == []
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +101,9 @@ def test_the_wheel_holds_one_package_and_the_default_model(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"xraysr", wheel.name.split("-py3")[0] + ".dist-info"}
+    for module in ("__init__.py", "service/app.py", "service/api/upscale.py", "training/train.py"):
+        assert f"xraysr/{module}" in names
+    assert "xraysr/service/web/app.js" in names
     for file in ("manifest.json", "manifest.int8.json", "encoder.onnx", "unet.onnx", "unet.int8.onnx", "decoder.onnx"):
         assert f"xraysr/engines/cxr-default/{file}" in names
         assert zipfile.ZipFile(wheel).getinfo(f"xraysr/engines/cxr-default/{file}").file_size > 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_packaging import package_dirs
 from xraysr.service.settings import PACKAGED_ENGINES_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,9 +140,11 @@ def test_the_served_stage_runs_as_a_user_with_a_health_check(dockerfile: tuple[s
     assert json.loads(entrypoint) == ["/usr/local/bin/xraysr-entrypoint"]
     copies = [i.arguments.split() for i in final if i.keyword == "COPY"]
     assert ["docker/entrypoint.sh", "/usr/local/bin/xraysr-entrypoint"] in copies
-    # The model is copied once, as the build source of the wheel that carries it (xraysr/engines), and is not
-    # copied again beside it.
-    assert ["engines", "./engines"] in copies and ["xraysr", "./xraysr"] in copies
+    # Every folder pyproject.toml maps into the package is in the build source, the model (xraysr/engines) among
+    # them, and it is not copied again beside it.
+    for source in package_dirs().values():
+        top = source.split("/")[0]
+        assert [top, f"./{top}"] in copies, source
     assert not [copy for copy in copies if copy[-1].startswith("/opt/xraysr/engines")]
 
 

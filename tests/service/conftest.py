@@ -1,4 +1,4 @@
-"""Fixtures for the service tests: settings for the tiny real engine, real LR X-rays, and hostile PNGs."""
+"""Fixtures for the service tests: settings for the tiny real engine, LR X-rays (tests/xrays.py), and hostile PNGs."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import xrays
 from xraysr.service.manifest import read_manifest, write_manifest
 from xraysr.service.settings import Settings, load_settings
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "engines" / "cxr-default"
-SHARED_LR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr" / "LR_64"
 
 
 @pytest.fixture
@@ -41,15 +41,12 @@ def engine_settings(tiny_engine_dir: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def lr_png_paths() -> list[Path]:
-    paths = sorted(SHARED_LR.glob("*.png"))
-    if not paths:
-        pytest.skip(f"shared LR X-rays not found at {SHARED_LR}")
-    return paths[:3]
+    return xrays.lr_paths()[:3]
 
 
 @pytest.fixture(scope="session")
 def lr_png(lr_png_paths: list[Path]) -> bytes:
-    """A real 64×64 8-bit grayscale chest X-ray."""
+    """A 64×64 8-bit grayscale chest X-ray (the suite's own: tests/xrays.py)."""
     return lr_png_paths[0].read_bytes()
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import xrays
 from xraysr.service.consistency import (
     BACK_PROJECTION_ITERATIONS,
     PSNR_CAP_DB,
@@ -26,14 +27,13 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 @pytest.fixture(scope="module")
 def pairs() -> list[tuple[np.ndarray, np.ndarray]]:
-    """(LR, HR) of real X-rays: adults and children."""
-    found = []
+    """(LR, HR): the suite's phantoms, and real X-rays of adults and children where ../shared is beside the
+    repository."""
+    found = xrays.pairs()[:3]
     for source in ("nih", "cxr", "pediatric"):
         for hr_path in sorted((DATA / source / "HR_256").glob("*.png"))[:3]:
             lr_path = hr_path.parent.parent / "LR_64" / hr_path.name
             found.append((np.asarray(Image.open(lr_path)), np.asarray(Image.open(hr_path))))
-    if not found:
-        pytest.skip(f"shared X-rays not found under {DATA}")
     return found
 
 

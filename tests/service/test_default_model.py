@@ -31,7 +31,7 @@ def test_the_shipped_model_verifies_and_upscales_a_real_xray(precision: str, une
     assert (manifest.sampler.final_timestep, manifest.sampler.default_samples) == (0, 4)
     lr_path = SHARED_DATA / "cxr" / "LR_64" / "ieee8023_183_0.png"
     if not lr_path.is_file():
-        pytest.skip(f"shared CXR development set not found at {lr_path.parent}")
+        pytest.skip(f"needs ../shared/data: the CXR X-ray the model is measured on (not found at {lr_path.parent})")
     pipeline = SRPipeline(manifest, load_runtime("onnxruntime", manifest, DEFAULT_MODEL))
     lr = np.array(Image.open(lr_path))
     result = pipeline.upscale(lr, steps=10, seed=0)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SHARED_DATA
+from tests import xrays
 from tests.service.dicom_files import dicom_file
 from tests.service.serving import DEFAULT_ENGINES
 from xraysr.service import __version__
@@ -29,7 +29,6 @@ from xraysr.service.settings import SettingsError, load_settings
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM output needs pydicom")
 
-NIH_LR = SHARED_DATA / "nih" / "LR_64"
 UID_ROOT = "1.2.826.0.1.3680043.9.7"
 STEPS, SEED = 20, 7
 STUDY = "1.2.826.0.1.3680043.9.7.1.1"
@@ -57,10 +56,7 @@ DROPPED = ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "W
 
 @pytest.fixture(scope="module")
 def lr_path() -> Path:
-    paths = sorted(NIH_LR.glob("*.png"))
-    if not paths:
-        pytest.skip(f"shared NIH X-rays not found at {NIH_LR}")
-    return paths[0]
+    return xrays.lr_paths()[0]
 
 
 @pytest.fixture(scope="module")

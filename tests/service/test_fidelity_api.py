@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
+from tests import xrays
 from tests.service.conftest import bomb_png, png_of
 from tests.service.dicom_files import dicom_file
 from xraysr.service.app import create_app
@@ -22,7 +22,6 @@ from xraysr.service.resize import resize_cubic
 from xraysr.service.settings import Settings
 from xraysr.service.shrink import RECIPE, shrink
 
-NIH_SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nih_sample"
 PNG = {"content-type": "image/png"}
 AS_JSON = {"content-type": "image/png", "accept": "application/json"}
 
@@ -35,10 +34,7 @@ def client(engine_settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def full_size_png() -> bytes:
-    paths = sorted(NIH_SAMPLE.glob("*.png"))
-    if not paths:
-        pytest.skip(f"raw NIH ChestX-ray14 images not found at {NIH_SAMPLE}")
-    return paths[0].read_bytes()
+    return xrays.raw_path(0).read_bytes()
 
 
 def _pixels(data: bytes) -> np.ndarray:

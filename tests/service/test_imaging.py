@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import xrays
 from tests.service.dicom_files import dicom_file
 from xraysr.service.imaging import (
     BodyTooLarge,
@@ -29,15 +30,10 @@ from xraysr.service.imaging import (
     encode_png,
 )
 
-CXR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr"
-
 
 @pytest.fixture(scope="module")
 def lr_paths() -> list[Path]:
-    paths = sorted((CXR / "LR_64").glob("*.png"))
-    if not paths:
-        pytest.skip(f"shared CXR development set not found at {CXR}")
-    return paths
+    return xrays.lr_paths()
 
 
 @pytest.fixture(scope="module")

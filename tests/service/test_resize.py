@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import xrays
 from xraysr.service.resize import resize_area, resize_cubic, resize_cubic_float
 
 cv2 = pytest.importorskip("cv2", reason="checking against OpenCV needs the train extra")
@@ -19,12 +20,11 @@ SOURCES = ("nih", "nih_starter", "cxr", "pediatric")
 
 
 def _real_pairs(per_source: int = 8) -> list[tuple[Path, Path]]:
-    pairs = []
+    """(HR, LR) paths: the suite's phantoms, and real X-rays where ../shared is beside the repository."""
+    pairs = list(zip(xrays.hr_paths(), xrays.lr_paths(), strict=True))[:per_source]
     for source in SOURCES:
         for hr_path in sorted((DATA / source / "HR_256").glob("*.png"))[:per_source]:
             pairs.append((hr_path, hr_path.parent.parent / "LR_64" / hr_path.name))
-    if not pairs:
-        pytest.skip(f"shared X-rays not found under {DATA}")
     return pairs
 
 
@@ -94,11 +94,13 @@ def test_other_cubic_sizes_equal_opencv(without_ipp: None, source: tuple[int, in
     np.testing.assert_array_equal(resize_cubic(image, *target), _cv2_cubic(image, *target))
 
 
+def _raw_films() -> list[Path]:
+    """Raw 1024² films: the suite's phantoms, and NIH's own where ../shared is beside the repository."""
+    return xrays.raw_paths(3) + sorted((DATA / "nih_sample").glob("*.png"))
+
+
 def test_area_of_raw_nih_images_equals_opencv() -> None:
-    paths = sorted((DATA / "nih_sample").glob("*.png"))
-    if not paths:
-        pytest.skip(f"raw NIH images not found under {DATA / 'nih_sample'}")
-    for path in paths:
+    for path in _raw_films():
         image = _gray(path)  # 1024x1024: the integer factor 4
         np.testing.assert_array_equal(resize_area(image, 256, 256), _cv2_area(image, 256, 256), err_msg=path.name)
 
@@ -121,17 +123,13 @@ def test_area_of_any_size_equals_opencv(source: tuple[int, int], target: tuple[i
     image = rng.integers(0, 256, source, dtype=np.uint8)
     np.testing.assert_array_equal(resize_area(image, *target), _cv2_area(image, *target))
     # A real X-ray, cropped and tiled to that size: smooth regions meet the rounding differently than noise.
-    paths = sorted((DATA / "nih_sample").glob("*.png"))
-    if paths:
-        xray = np.tile(_gray(paths[0]), (3, 3))[: source[0], : source[1]].copy()
+    for path in (_raw_films()[0], _raw_films()[-1]):
+        xray = np.tile(_gray(path), (3, 3))[: source[0], : source[1]].copy()
         np.testing.assert_array_equal(resize_area(xray, *target), _cv2_area(xray, *target))
 
 
 def test_area_of_real_xrays_at_general_sizes_equals_opencv_without_ipp(without_ipp: None) -> None:
-    paths = sorted((DATA / "nih_sample").glob("*.png"))[:3]
-    if not paths:
-        pytest.skip(f"raw NIH images not found under {DATA / 'nih_sample'}")
-    for path in paths:
+    for path in _raw_films()[:6]:
         image = _gray(path)[:1000, :900].copy()
         np.testing.assert_array_equal(resize_area(image, 256, 230), _cv2_area(image, 256, 230), err_msg=path.name)
 

@@ -28,9 +28,11 @@ def test_defaults_serve_the_default_model_on_loopback(engines: Path, monkeypatch
     monkeypatch.delenv("XRAYSR_ENGINES_DIR")
     settings = load_settings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
-    # The packaged model, wherever the command runs from: the repository's engines/ through xraysr/engines.
+    # The packaged model, wherever the command runs from: the repository's engines/ through xraysr/engines (a
+    # strict editable install links each file).
     assert settings.model_dir == PACKAGED_ENGINES_DIR / "cxr-default"
-    assert settings.model_dir.resolve() == (Path(__file__).resolve().parents[2] / "engines" / "cxr-default")
+    shipped = Path(__file__).resolve().parents[2] / "engines" / "cxr-default" / "manifest.json"
+    assert (settings.model_dir / "manifest.json").resolve() == shipped
     assert (settings.backend, settings.threads) == ("onnxruntime", None)
     # auto: int8 where this CPU has VNNI or AMX (the default model ships manifest.int8.json), else fp32.
     expected = "int8" if {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags() else "fp32"

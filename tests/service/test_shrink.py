@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import xrays
 from tests.service.conftest import bomb_png, png_of
 from tests.service.dicom_files import dicom_file
 from xraysr.service.cli import main
@@ -18,15 +19,10 @@ from xraysr.service.shrink import RECIPE, TooSmall, center_square, shrink, shrin
 
 cv2 = pytest.importorskip("cv2", reason="checking against OpenCV and `xraysr prepare` needs the train extra")
 
-NIH_SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nih_sample"
-
-
 @pytest.fixture(scope="module")
 def raw_nih() -> list[Path]:
-    paths = sorted(NIH_SAMPLE.glob("*.png"))
-    if not paths:
-        pytest.skip(f"raw NIH ChestX-ray14 images not found at {NIH_SAMPLE}")
-    return paths
+    """Raw 1024² 8-bit PNGs as NIH releases its films (the suite's phantoms: tests/xrays.py)."""
+    return xrays.raw_paths(3)
 
 
 def _recipe_with_cv2(pixels: np.ndarray) -> np.ndarray:

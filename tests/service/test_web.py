@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import SHARED_DATA
+from tests import xrays
 from xraysr.service.app import create_app
 from xraysr.service.local_server import local_server
 from xraysr.service.manifest import load_manifest
@@ -30,16 +30,15 @@ from xraysr.service.settings import load_settings
 
 ENGINES = Path(__file__).resolve().parents[2] / "engines"
 MODEL = "cxr-default"
-LR_XRAY = SHARED_DATA / "nih" / "LR_64" / "nih_00000001_0.png"  # the 64×64 of the next one
-FULL_XRAY = SHARED_DATA / "nih_sample" / "00000001_000.png"  # 1024×1024, as NIH released it
+LR_XRAY = xrays.lr_paths()[0]  # the 64×64 of the next one
+FULL_XRAY = xrays.raw_path(0)  # 1024×1024, as NIH releases its films
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PANELS = ("input", "bicubic", "output", "difference", "uncertainty")
 SEED = 1234
 
 
 def _xray(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"shared X-ray not found at {path}")
+    assert path.is_file(), path
     return path
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tests import xrays
 from xraysr.training.config import AugmentConfig, DataConfig
 from xraysr.training.data import (
     AugmentParameters,
@@ -27,14 +28,12 @@ from xraysr.training.data import (
     to_unit_range,
 )
 
-SHARED_CXR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr"
+CXR = xrays.XRAYS  # the suite's own X-ray pairs, laid out as `xraysr prepare` writes them
 SPLIT_OF = ["train"] * 5 + ["val"] * 2 + ["test"]
 
 
-def _shared_names(count: int) -> list[str]:
-    if not (SHARED_CXR / "HR_256").is_dir():
-        pytest.skip(f"shared CXR development set not found at {SHARED_CXR}")
-    return sorted(path.name for path in (SHARED_CXR / "HR_256").glob("*.png"))[:count]
+def _pair_names(count: int) -> list[str]:
+    return xrays.pair_names()[:count]
 
 
 def _write_splits(root: Path, rows: list[tuple[str, str]]) -> None:
@@ -55,11 +54,11 @@ def _decode(path: Path) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def cxr_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    names = _shared_names(len(SPLIT_OF))
+    names = _pair_names(len(SPLIT_OF))
     root = tmp_path_factory.mktemp("cxr")
     for name in names:
-        _link(root, "HR_256", name, SHARED_CXR / "HR_256" / name)
-        _link(root, "LR_64", name, SHARED_CXR / "LR_64" / name)
+        _link(root, "HR_256", name, CXR / "HR_256" / name)
+        _link(root, "LR_64", name, CXR / "LR_64" / name)
     _write_splits(root, list(zip(names, SPLIT_OF, strict=True)))
     return root
 
@@ -215,18 +214,18 @@ def test_augmentation_generator_is_seeded_from_seed_and_step() -> None:
 
 
 def test_lr_missing_under_the_hr_name_is_named(tmp_path: Path) -> None:
-    name, other = _shared_names(2)
-    _link(tmp_path, "HR_256", name, SHARED_CXR / "HR_256" / name)
-    _link(tmp_path, "LR_64", other, SHARED_CXR / "LR_64" / name)
+    name, other = _pair_names(2)
+    _link(tmp_path, "HR_256", name, CXR / "HR_256" / name)
+    _link(tmp_path, "LR_64", other, CXR / "LR_64" / name)
     _write_splits(tmp_path, [(name, "train")])
     with pytest.raises(ValueError, match=f"LR_64/{name}"):
         PairDataset(DataConfig(root=tmp_path), "train")
 
 
 def test_wrong_image_size_is_named(tmp_path: Path) -> None:
-    (name,) = _shared_names(1)
-    _link(tmp_path, "HR_256", name, SHARED_CXR / "LR_64" / name)
-    _link(tmp_path, "LR_64", name, SHARED_CXR / "LR_64" / name)
+    (name,) = _pair_names(1)
+    _link(tmp_path, "HR_256", name, CXR / "LR_64" / name)
+    _link(tmp_path, "LR_64", name, CXR / "LR_64" / name)
     _write_splits(tmp_path, [(name, "train")])
     with pytest.raises(ValueError, match=f"HR_256/{name} is 64x64, expected 256x256"):
         PairDataset(DataConfig(root=tmp_path), "train")

@@ -15,7 +15,7 @@ from xraysr.training.degradation import DEGRADATIONS, degrade, degrade_mixed, dr
 def real_hr_images(count: int = 6) -> list[np.ndarray]:
     folder = SHARED_DATA / "nih_starter" / "HR_256"
     if not folder.is_dir():
-        pytest.skip(f"shared NIH starter set not found at {folder}")
+        pytest.skip(f"needs ../shared/data: the NIH starter set (not found at {folder})")
     return [np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))[:count]]
 
 

@@ -125,7 +125,7 @@ def test_bicubic_upscale_refuses_what_is_not_a_grey_uint8_image(lr_image: np.nda
 def test_bicubic_baseline_on_a_real_pair() -> None:
     hr_path, lr_path = SHARED_CXR / "HR_256" / "ieee8023_10_0.png", SHARED_CXR / "LR_64" / "ieee8023_10_0.png"
     if not (hr_path.is_file() and lr_path.is_file()):
-        pytest.skip(f"shared CXR development set not found at {SHARED_CXR}")
+        pytest.skip(f"needs ../shared/data: a measured CXR pair (not found at {SHARED_CXR})")
     hr_image = cv2.imread(str(hr_path), cv2.IMREAD_UNCHANGED)
     lr_image = cv2.imread(str(lr_path), cv2.IMREAD_UNCHANGED)
     assert (hr_image.shape, lr_image.shape) == ((256, 256), (64, 64))

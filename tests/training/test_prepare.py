@@ -34,7 +34,7 @@ NO_DROPS = dict.fromkeys(DROP_REASONS, 0)
 @pytest.fixture(scope="module")
 def shared_data() -> Path:
     if not (SHARED_DATA / "nih_sample").is_dir() or not (SHARED_DATA / "cxr").is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        pytest.skip(f"needs ../shared/data: the raw NIH sample and metadata (not found at {SHARED_DATA})")
     return SHARED_DATA
 
 
@@ -382,7 +382,7 @@ def four_sources(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
     sources = []
     for name, count in zip(SOURCES, (12, 10, 14, 20), strict=True):
         if not (shared_data / name / "HR_256").is_dir():
-            pytest.skip(f"shared data source {name} not found")
+            pytest.skip(f"needs ../shared/data: the source {name} (not found)")
         folder = sliced / name
         (folder / "HR_256").mkdir(parents=True)
         with open(shared_data / name / "manifest.csv", newline="") as file:

@@ -15,7 +15,7 @@ from xraysr.training.scoring import gradient_magnitude, markdown_summary, score_
 def pair() -> tuple[np.ndarray, np.ndarray]:
     folder = SHARED_DATA / "cxr"
     if not (folder / "HR_256").is_dir():
-        pytest.skip(f"shared CXR set not found at {folder}")
+        pytest.skip(f"needs ../shared/data: the CXR set (not found at {folder})")
     name = sorted(path.name for path in (folder / "HR_256").glob("*.png"))[0]
     return np.asarray(Image.open(folder / "LR_64" / name)), np.asarray(Image.open(folder / "HR_256" / name))
 

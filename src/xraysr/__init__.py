@@ -1,8 +1,10 @@
 """xraysr, the one import package this distribution installs.
 
 The repository keeps the design's two halves as top-level folders (service/, training/) and the shipped model in
-engines/; this package links them (symlinks) so that what `pip install` puts in site-packages is xraysr.service,
-xraysr.training and xraysr/engines/, never modules with names as generic as `service` or `training`.
+engines/; pyproject.toml maps them into this package (setuptools' package-dir), so that what `pip install` puts in
+site-packages is xraysr.service, xraysr.training and xraysr/engines/, never modules with names as generic as
+`service` or `training`. Run from a checkout, the code is the installed package's: `make test` and `make serve`
+install it (strict editable) first.
 """
 
 _API = ("load", "Upscaler", "Upscaled")
