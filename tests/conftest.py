@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests import xrays
+from tests import tiny_model, xrays
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -78,48 +79,37 @@ def tiny_cxr_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_cxr_root(tmp_path_factory.mktemp("tiny_cxr"), ["train"] * 4 + ["val"] * 2 + ["test"] * 2)
 
 
-@pytest.fixture(scope="session")
-def tiny_engine_dir(tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real engines/<model> folder exported from a tiny SR model trained for 2 steps on the suite's X-rays.
-
-    Its images are meaningless, but every ONNX file, checksum and manifest field is the real thing.
-    """
-    torch = pytest.importorskip("torch", reason="exporting a model needs the train extra")
-    from xraysr.training.config import SRTrainConfig
-    from xraysr.training.export import export_model
-    from xraysr.training.train import train_sr
-    from xraysr.training.vae import CxrVAE
-
-    work = tmp_path_factory.mktemp("tiny_engine")
-    torch.save(CxrVAE(hidden_channels=8, num_res_blocks=1).state_dict(), work / "vae.pt")
-    config = SRTrainConfig.model_validate(
-        {
-            "run_name": "tiny",
-            "output_dir": str(work / "runs"),
-            "data": {"root": str(tiny_cxr_root)},
-            "vae": {"kind": "cxr", "hidden_channels": 8, "num_res_blocks": 1, "checkpoint": str(work / "vae.pt")},
-            "unet": {"base_channels": 8, "channel_multipliers": [1, 2], "time_embed_dim": 16},
-            "diffusion": {"prediction_type": "v_prediction", "sample_steps": 2},
-            "optim": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1},
-            "schedule": {"validation_images": 1},
-        }
-    )
-    checkpoint = train_sr(config, resume=None)
-    # Without the step graph: the model a host-loop runtime needs, and what older exports look like.
-    export_model(checkpoint, work / "engine", "tiny", version="tiny-test", steps=(2, 4, 50), step_graph=False)
-    return work / "engine"
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_engine_dir: Path) -> Path:
-    return tiny_engine_dir.parent / "runs" / "tiny" / "checkpoints" / "step_0000002.pt"
-
-
-@pytest.fixture(scope="session")
-def tiny_step_engine_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model exported again with export's defaults, which add the unet_step component (UNet + DDIM update)."""
-    from xraysr.training.export import export_model
-
-    engine = tmp_path_factory.mktemp("tiny_step_engine") / "engine"
-    export_model(tiny_checkpoint, engine, "tiny", version="tiny-test", steps=(2, 4, 50))
+def _copy_of(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of a checked-in tiny model (tests/tiny_model.py), so a test may write beside it (engine caches)."""
+    engine = tmp_path_factory.mktemp(kind) / tiny_model.ENGINE
+    shutil.copytree(tiny_model.checked_in(kind), engine)
     return engine
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real engines/<model> folder (encoder, unet, decoder): the suite's tiny model, without the step graph, as a
+    host-loop runtime needs it and older exports look. Its images are meaningless; every file is the real thing.
+    tests/training overrides it with the same model exported now."""
+    return _copy_of("tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_step_engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same weights exported with export's defaults, which add the unet_step component (UNet + DDIM update)."""
+    return _copy_of("tiny-step", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model trained for 2 steps and exported now, both ways (tests/tiny_model.py): for the tests of
+    training and export, which need the checkpoint beside its engines."""
+    pytest.importorskip("torch", reason="training and exporting a model needs the train extra")
+    return tiny_model.build(tmp_path_factory.mktemp("tiny_trained"), tiny_cxr_root)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_trained: dict[str, Path]) -> Path:
+    checkpoint = tiny_trained["tiny"].parents[1] / "runs" / "tiny" / "checkpoints" / "step_0000002.pt"
+    assert checkpoint.is_file(), checkpoint
+    return checkpoint

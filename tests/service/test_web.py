@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests import xrays
+from tests.conftest import SHARED_DATA
 from xraysr.service.app import create_app
 from xraysr.service.local_server import local_server
 from xraysr.service.manifest import load_manifest
@@ -31,7 +32,10 @@ from xraysr.service.settings import load_settings
 ENGINES = Path(__file__).resolve().parents[2] / "engines"
 MODEL = "cxr-default"
 LR_XRAY = xrays.lr_paths()[0]  # the 64×64 of the next one
-FULL_XRAY = xrays.raw_path(0)  # 1024×1024, as NIH releases its films
+REAL_FILM = SHARED_DATA / "nih_sample" / "00000001_000.png"  # 1024×1024, as NIH released it
+# The README's screenshot shows a real film where ../shared is beside the repository; elsewhere a phantom of the
+# same size and format stands in (tests/xrays.py).
+FULL_XRAY = REAL_FILM if REAL_FILM.is_file() else xrays.raw_path(0)
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PANELS = ("input", "bicubic", "output", "difference", "uncertainty")
 SEED = 1234
