@@ -326,7 +326,7 @@ def test_a_64x64_xray_fills_all_five_panels_zooms_them_together_and_downloads(br
 
     # The download link's blob is the server's PNG for the same request, pixel for pixel.
     link = browser.find_element("id", "download-png")
-    assert link.get_attribute("download") == f"nih_00000001_0_xraysr_seed{SEED}.png"
+    assert link.get_attribute("download") == f"{LR_XRAY.stem}_xraysr_seed{SEED}.png"
     downloaded = _downloaded_png(browser)
     assert downloaded.startswith(b"\x89PNG\r\n\x1a\n")
     assert Image.open(io.BytesIO(downloaded)).size == (256, 256)
