@@ -100,6 +100,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--steps alone: the manifest's default_samples)",
     )
     upscale.add_argument(
+        "--consistency",
+        choices=("report", "enforce"),  # consistency.CONSISTENCY_MODES, not imported: the CLI starts without numpy
+        default="report",
+        help="report (default): write the answer as the model made it and print its LR consistency PSNR; enforce: "
+        "project it onto the input first, as the API's consistency=enforce does",
+    )
+    upscale.add_argument(
         "--uncertainty",
         type=Path,
         help="also write the map the API's JSON answer carries: the calibrated interval's half-width at "
