@@ -13,7 +13,7 @@ from PIL import Image
 
 import xraysr
 from tests.service.serving import DEFAULT_ENGINES
-from xraysr.service.local_server import local_server
+from xraysr.service.tools.local_server import local_server
 
 
 def _xray(shift: int) -> np.ndarray:
