@@ -212,7 +212,7 @@ def _build_engines(args: argparse.Namespace) -> int:
 def _loadtest(args: argparse.Namespace) -> int:
     import os
 
-    from xraysr.service.loadtest import run_load
+    from xraysr.service.tools.loadtest import run_load
 
     content_type = INPUT_TYPES.get(args.image.suffix.lower(), "application/octet-stream")
     params = {name: value for name in ("steps", "samples") if (value := getattr(args, name)) is not None}
@@ -235,10 +235,10 @@ def _loadtest(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from xraysr.service.bench import markdown, run_bench
     from xraysr.service.imaging import decode_image
     from xraysr.service.manifest import read_manifest
     from xraysr.service.pipeline import choose_answer
+    from xraysr.service.tools.bench import markdown, run_bench
 
     settings = settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
     try:
@@ -265,8 +265,8 @@ def _bench(args: argparse.Namespace) -> int:
     command = "xraysr bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "xraysr bench"
     report = markdown(series, command, plan, args.runs)
     if args.flops:
-        from xraysr.service.flops import estimate_table
         from xraysr.service.manifest import load_manifest
+        from xraysr.service.tools.flops import estimate_table
 
         report += "\n" + estimate_table(load_manifest(settings.model_dir), settings.model_dir, plan.steps)
     print(report)

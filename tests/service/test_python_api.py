@@ -17,7 +17,7 @@ import xraysr
 from tests.service.dicom_files import dicom_file
 from tests.service.serving import DEFAULT_ENGINES
 from xraysr.service.cli import main
-from xraysr.service.local_server import local_server
+from xraysr.service.tools.local_server import local_server
 
 # The HTTP query options and the CLI flags that ask for the same answer: the estimate, the loop, the projection.
 ANSWERS = [
