@@ -100,6 +100,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--steps alone: the manifest's default_samples)",
     )
     upscale.add_argument(
+        "--consistency",
+        choices=("report", "enforce"),  # consistency.CONSISTENCY_MODES, not imported: the CLI starts without numpy
+        default="report",
+        help="report (default): write the answer as the model made it and print its LR consistency PSNR; enforce: "
+        "project it onto the input first, as the API's consistency=enforce does",
+    )
+    upscale.add_argument(
         "--uncertainty",
         type=Path,
         help="also write the map the API's JSON answer carries: the calibrated interval's half-width at "
@@ -205,7 +212,7 @@ def _build_engines(args: argparse.Namespace) -> int:
 def _loadtest(args: argparse.Namespace) -> int:
     import os
 
-    from xraysr.service.loadtest import run_load
+    from xraysr.service.tools.loadtest import run_load
 
     content_type = INPUT_TYPES.get(args.image.suffix.lower(), "application/octet-stream")
     params = {name: value for name in ("steps", "samples") if (value := getattr(args, name)) is not None}
@@ -228,10 +235,10 @@ def _loadtest(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from xraysr.service.bench import markdown, run_bench
     from xraysr.service.imaging import decode_image
     from xraysr.service.manifest import read_manifest
     from xraysr.service.pipeline import choose_answer
+    from xraysr.service.tools.bench import markdown, run_bench
 
     settings = settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
     try:
@@ -258,8 +265,8 @@ def _bench(args: argparse.Namespace) -> int:
     command = "xraysr bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "xraysr bench"
     report = markdown(series, command, plan, args.runs)
     if args.flops:
-        from xraysr.service.flops import estimate_table
         from xraysr.service.manifest import load_manifest
+        from xraysr.service.tools.flops import estimate_table
 
         report += "\n" + estimate_table(load_manifest(settings.model_dir), settings.model_dir, plan.steps)
     print(report)

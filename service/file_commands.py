@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 from xraysr.service.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from xraysr.service.manifest import Manifest
-    from xraysr.service.pipeline import AnswerPlan, SRPipeline, UpscaleResult
+    from xraysr.service.answer import Finished
+    from xraysr.service.consistency import ConsistencyMode
+    from xraysr.service.pipeline import AnswerPlan, SRPipeline
 
 INPUT_TYPES = {".png": "image/png", ".dcm": "application/dicom"}
 
@@ -105,55 +104,62 @@ def upscale_files(args: argparse.Namespace) -> int:
             f"--uncertainty: {pipeline.manifest.version} has no calibrated interval, and one sample has no spread: "
             "give --samples 2 or more"
         )
-    failed = 0
+    with_map, failed = args.uncertainty is not None, 0
     for source_path, output_path in tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1):
         try:
-            result, lr, milliseconds = _upscale_file(
-                pipeline, source_path, output_path, plan, args.seed, settings.dicom_uid_root
+            finished, milliseconds = _upscale_file(
+                pipeline, source_path, output_path, plan, args.seed, args.consistency, with_map, settings
             )
-            if args.uncertainty is not None:
-                coverage = settings.uncertainty_coverage
-                _write_uncertainty(result, lr, pipeline.manifest, coverage, args.uncertainty)
+            if with_map:
+                _write_uncertainty(finished, args.uncertainty)
         except (ValueError, OSError) as error:
             # One bad file must not cost the rest of a folder: report it, carry on, and fail at the end.
             failed += 1
             tqdm.write(f"xraysr upscale: error: {source_path}: {error}", file=sys.stderr)
             continue
         if len(pairs) == 1:
-            print(f"{output_path} ({_describe(result)}, {milliseconds:.0f} ms)")
+            print(f"{output_path} ({_describe(finished)}, {milliseconds:.0f} ms)")
     if len(pairs) > 1:
         print(f"upscaled {len(pairs) - failed} of {len(pairs)} files into {args.output}")
     return 1 if failed else 0
 
 
-def _describe(result: UpscaleResult) -> str:
-    """What made the file, and for several samples their mean spread in grey levels."""
-    if result.uncertainty is None:
-        return result.describe()
-    return f"{result.describe()}, uncertainty {float(result.uncertainty.mean()):.2f} grey levels"
+def _describe(finished: Finished) -> str:
+    """What made the file, for several samples their mean spread in grey levels, and its LR consistency."""
+    result = finished.result
+    described = result.describe()
+    if result.uncertainty is not None:
+        described += f", uncertainty {float(result.uncertainty.mean()):.2f} grey levels"
+    return f"{described}, LR consistency {finished.fidelity.psnr_db:.2f} dB ({finished.fidelity.mode})"
 
 
-def _write_uncertainty(result: UpscaleResult, lr: np.ndarray, manifest: Manifest, coverage: float, path: Path) -> None:
+def _write_uncertainty(finished: Finished, path: Path) -> None:
     """The map the API's JSON answer carries: the calibrated interval's half-width at ``coverage`` (or, for a
     model without one, the samples' spread), as levels of ``uncertainty_scale`` grey levels."""
-    from xraysr.service.consistency import bicubic_upscale
-    from xraysr.service.uncertainty import uncertainty_map, uncertainty_png
+    from xraysr.service.uncertainty import uncertainty_png
 
-    found = uncertainty_map(result, bicubic_upscale(lr, manifest.image.hr_size), manifest, coverage)
-    if found is None:
+    if finished.uncertainty is None:
         raise ValueError("one sample has no uncertainty map")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(uncertainty_png(found.grey_levels))
+    path.write_bytes(uncertainty_png(finished.uncertainty.grey_levels))
 
 
 def _upscale_file(
-    pipeline: SRPipeline, source: Path, output: Path, plan: AnswerPlan, seed: int, uid_root: str | None
-) -> tuple[UpscaleResult, np.ndarray, float]:
-    """Writes a PNG, or for a .dcm ``output`` a DICOM Secondary Capture (service/dicom_out.py) of a DICOM input;
-    returns the result, the input's decoded pixels and the milliseconds it took."""
-    from xraysr.service.dicom_out import read_source, secondary_capture
-    from xraysr.service.imaging import ImageError, decode_image, encode_png
-    from xraysr.service.provenance import provenance
+    pipeline: SRPipeline,
+    source: Path,
+    output: Path,
+    plan: AnswerPlan,
+    seed: int,
+    consistency: ConsistencyMode,
+    with_map: bool,
+    settings: Settings,
+) -> tuple[Finished, float]:
+    """Writes a PNG, or for a .dcm ``output`` a DICOM Secondary Capture (service/dicom_out.py) of a DICOM input,
+    finished as /upscale finishes its answers (service/answer.py: the fidelity guard, and with ``with_map`` the
+    uncertainty map); returns the finished answer and the milliseconds it took."""
+    from xraysr.service.answer import answer_dicom, answer_png, finish
+    from xraysr.service.dicom_out import read_source
+    from xraysr.service.imaging import ImageError, decode_image
 
     started = time.perf_counter()
     data = read_input(source)
@@ -170,13 +176,20 @@ def _upscale_file(
         dicom_source = read_source(data) if as_dicom else None  # checked before the model runs
     except ImageError as error:
         raise ValueError(error.message) from error
-    result = pipeline.answer(decoded.pixels, plan, seed)
+    finished = finish(
+        decoded.pixels,
+        pipeline.answer(decoded.pixels, plan, seed),
+        pipeline.manifest,
+        consistency=consistency,
+        low_db=settings.lr_consistency_low_db,
+        coverage=settings.uncertainty_coverage if with_map else None,
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     if dicom_source is not None:
-        output.write_bytes(secondary_capture(dicom_source, result, pipeline.manifest, uid_root))
+        output.write_bytes(answer_dicom(finished, dicom_source, pipeline.manifest, settings.dicom_uid_root))
     else:
-        output.write_bytes(encode_png(result.image, provenance(pipeline.manifest, result)))
-    return result, decoded.pixels, 1000 * (time.perf_counter() - started)
+        output.write_bytes(answer_png(finished, pipeline.manifest))
+    return finished, 1000 * (time.perf_counter() - started)
 
 
 def shrink_files(args: argparse.Namespace) -> int:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import venv
 import zipfile
 
@@ -30,6 +28,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from xraysr.service.tools.local_server import free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,40 +127,24 @@ def test_generic_names_are_not_installed(fresh_env: Path) -> None:
     assert str(fresh_env / "venv") in where  # the installed copy, not this checkout
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture()
-def served_from_elsewhere(fresh_env: Path) -> Iterator[str]:
+def served_from_elsewhere(fresh_env: Path, tmp_path: Path) -> Iterator[str]:
     """`xraysr serve` with no flags but a port, from a directory that holds no engines/ folder."""
     port = free_port()
     elsewhere = fresh_env / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
-    process = subprocess.Popen(
-        [str(fresh_env / "venv" / "bin" / "xraysr"), "serve", "--port", str(port)],
-        cwd=elsewhere,
-        env=clean_environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "server.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(fresh_env / "venv" / "bin" / "xraysr"), "serve", "--port", str(port)],
+            cwd=elsewhere,
+            env=clean_environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"xraysr serve exited {process.returncode}: {process.stderr.read()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise AssertionError("xraysr serve was not ready within 120 s")
+        wait_until_ready(url, process, timeout=120, log=log)
         yield url
     finally:
         process.terminate()

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from xraysr.service.imaging import encode_png
-from xraysr.service.local_server import local_server
+from xraysr.service.tools.local_server import local_server
 from xraysr.service.uncertainty import UNCERTAINTY_SCALE
 from xraysr.training.acquisition import apply_acquisition, draw_acquisition
 from xraysr.training.config import AcquisitionConfig, Degradation, Range

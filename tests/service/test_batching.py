@@ -15,9 +15,9 @@ import pytest
 from tests.service.dicom_files import deflate_bomb
 from tests.service.serving import DEFAULT_ENGINES, memory_mb, metric
 from xraysr.service.engine import load_pipeline
-from xraysr.service.local_server import local_server_process
 from xraysr.service.pipeline import Stopped
 from xraysr.service.settings import Settings
+from xraysr.service.tools.local_server import local_server_process
 
 PNG = {"content-type": "image/png"}
 

@@ -22,10 +22,10 @@ from xraysr.service import __version__
 from xraysr.service.cli import main
 from xraysr.service.dicom_out import NEEDS_DICOM_INPUT, SECONDARY_CAPTURE_IMAGE_STORAGE, series_number
 from xraysr.service.dicom_uids import check_uid_root, make_uid, series_instance_uid
-from xraysr.service.local_server import local_server
 from xraysr.service.manifest import load_manifest
 from xraysr.service.provenance import DISCLAIMER
 from xraysr.service.settings import SettingsError, load_settings
+from xraysr.service.tools.local_server import local_server
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM output needs pydicom")
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.service.dicom_files import dicom_file
-from xraysr.service.local_server import local_server
+from xraysr.service.tools.local_server import local_server
 
 MAX_BODY_BYTES = 16 * 1024
 STAGES = ["decode", "queue", "encode", "denoise", "vae_decode", "png", "consistency", "total"]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.service.dicom_files import dicom_file
 from xraysr.service.imaging import ImageError, decode_image
-from xraysr.service.local_server import local_server
+from xraysr.service.tools.local_server import local_server
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 

@@ -25,7 +25,7 @@ from tests.service.dicom_files import (
 from tests.service.serving import DEFAULT_ENGINES, memory_mb
 from xraysr.service.codec_limits import MAX_JPEG_SCANS
 from xraysr.service.dicom_structure import MAX_ELEMENTS, MAX_SEQUENCE_DEPTH
-from xraysr.service.local_server import local_server_process
+from xraysr.service.tools.local_server import local_server_process
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM input needs pydicom")
 

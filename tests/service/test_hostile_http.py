@@ -21,7 +21,7 @@ from PIL import Image
 
 from tests.service.serving import DEFAULT_ENGINES, is_closed, memory_mb, metric
 from xraysr.service.codec_limits import MAX_PNG_ANCILLARY_CHUNKS
-from xraysr.service.local_server import local_server_process
+from xraysr.service.tools.local_server import local_server_process
 
 ADDRESS_SPACE = 2 << 30
 PNG = {"content-type": "image/png"}

@@ -15,9 +15,9 @@ from PIL import Image
 
 from tests.service.serving import DEFAULT_ENGINES
 from xraysr.service.interval import FEATURES, box_mean, factor, half_width
-from xraysr.service.local_server import local_server
 from xraysr.service.manifest import IntervalSpec, read_manifest
 from xraysr.service.settings import SettingsError, load_settings
+from xraysr.service.tools.local_server import local_server
 
 JSON = {"content-type": "image/png", "accept": "application/json"}
 

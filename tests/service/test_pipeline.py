@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xraysr.service.api.upscale import server_timing
+from xraysr.service.api.upscale_response import server_timing
 from xraysr.service.manifest import Manifest, load_manifest
 from xraysr.service.pipeline import AnswerPlan, SRPipeline, choose_answer, to_pixels
 from xraysr.service.runtimes import load_runtime

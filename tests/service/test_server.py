@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.service.serving import DEFAULT_ENGINES, is_closed, metric
-from xraysr.service.local_server import local_server_process
+from xraysr.service.tools.local_server import local_server_process
 
 
 def _connect(url: str) -> socket.socket:

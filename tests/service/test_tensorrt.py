@@ -312,7 +312,7 @@ def test_build_engines_without_tensorrt_exits_with_one_line(tmp_path: Path, caps
     assert list(tmp_path.iterdir()) == []
 
 
-# --- the runtime's plumbing on stand-ins (tests/service/fake_tensorrt.py) ------------------------------------
+# --- the runtime's plumbing on stand-ins (tests/service/fake_*.py) -------------------------------------------
 
 
 @pytest.fixture

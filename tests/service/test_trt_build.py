@@ -36,10 +36,11 @@ def fake_device(version: str) -> Device:
 
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[ModuleType]:
-    from tests.service import fake_tensorrt
+    """The fake TensorRT installed; yields its builder's module, whose plans and timing caches these tests read."""
+    from tests.service import fake_tensorrt, fake_trt_builder
 
     fake_tensorrt.install_for_test(monkeypatch, getattr(request, "param", "10.3.0"))
-    yield fake_tensorrt
+    yield fake_trt_builder
     fake_tensorrt.uninstall()
 
 

@@ -1,4 +1,4 @@
-"""service/runtimes/tensorrt.py on the fake TensorRT and pycuda (tests/service/fake_tensorrt.py): loading in a new
+"""service/runtimes/tensorrt.py on the fake TensorRT and pycuda (tests/service/fake_*.py): loading in a new
 process, delete-and-rebuild, close(), resident uploads, per-thread GPU time, and the fake's own fidelity."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.service import fake_pycuda, fake_trt_builder
 from xraysr.service.manifest import Manifest, load_manifest
 from xraysr.service.pipeline import SRPipeline
 from xraysr.service.runtimes.onnxruntime import OnnxRuntime
@@ -61,7 +62,7 @@ def test_a_plan_built_in_one_process_loads_in_a_new_one(
     _, reports = build_all(tiny_engine_dir, cache, "fp16", Device("Fake Orin", "8.7", version, 8), max_batch=8)
     plans = {report.plan: report.plan.stat().st_mtime_ns for report in reports}
     if version == "8.5.3":  # no native-InstanceNorm flag before 8.6: the plans hold the plugin
-        assert fakes.read_plan(reports[0].plan.read_bytes())[0]["plugins"] == ["InstanceNormalization_TRT"]
+        assert fake_trt_builder.read_plan(reports[0].plan.read_bytes())[0]["plugins"] == ["InstanceNormalization_TRT"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "tests.service.fake_tensorrt", str(tiny_engine_dir), str(cache), "fp16", version]
     result = subprocess.run([*command, "unet"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
@@ -88,7 +89,7 @@ def test_a_plan_that_will_not_deserialize_is_deleted_and_rebuilt_once(
     try:
         assert "TensorRT could not deserialize the unet engine" in caplog.text
         assert f"deleting {unet_plan} and rebuilding the unet engine once" in caplog.text
-        assert unet_plan.read_bytes().startswith(fakes.PLAN_MAGIC)
+        assert unet_plan.read_bytes().startswith(fake_trt_builder.PLAN_MAGIC)
         assert "built unet engine (fp32)" in caplog.text and "built encoder engine" not in caplog.text
         hr_size = manifest.image.hr_size
         assert runtime.run("decoder", {"hr_latent": latent_of(manifest)}).shape == (1, 1, hr_size, hr_size)
@@ -102,7 +103,7 @@ def test_a_plan_refused_again_after_rebuilding_is_an_error(
     deserialize = fakes.Runtime.deserialize_cuda_engine
 
     def refuse_the_unet(self: Any, serialized: bytes) -> Any:
-        header, _ = fakes.read_plan(serialized)
+        header, _ = fake_trt_builder.read_plan(serialized)
         return None if "noisy_latent" in [tensor["name"] for tensor in header["io"]] else deserialize(self, serialized)
 
     monkeypatch.setattr(fakes.Runtime, "deserialize_cuda_engine", refuse_the_unet)
@@ -110,13 +111,13 @@ def test_a_plan_refused_again_after_rebuilding_is_an_error(
     with pytest.raises(RuntimeError, match="could not deserialize the unet engine even after rebuilding it"):
         runtime_module().TensorRTRuntime(manifest, tiny_engine_dir, "fp32", tmp_path, max_batch=1)
     # The encoder's engine, already made, went with the runtime while the context was current; nothing is left.
-    assert [(kind, what) for kind, what, _ in fakes.EVENTS if kind == "destroy"] == [
+    assert [(kind, what) for kind, what, _ in fake_pycuda.EVENTS if kind == "destroy"] == [
         ("destroy", "engine"),
         ("destroy", "runtime"),
     ]
-    assert all(current for kind, _, current in fakes.EVENTS if kind == "destroy")
-    assert fakes.EVENTS[-1] == ("context", "destroyed", True)
-    assert fakes.Context.get_current() is None
+    assert all(current for kind, _, current in fake_pycuda.EVENTS if kind == "destroy")
+    assert fake_pycuda.EVENTS[-1] == ("context", "destroyed", True)
+    assert fake_pycuda.Context.get_current() is None
 
 
 # --- close() ----------------------------------------------------------------------------------------------------
@@ -135,12 +136,12 @@ def test_close_releases_everything_in_order_with_the_context_current(
     worker.start()
     worker.join()
     (runtime,) = made
-    assert runtime._context.flags == fakes.ctx_flags.SCHED_BLOCKING_SYNC  # sleeps in sync, no spinning core
+    assert runtime._context.flags == fake_pycuda.ctx_flags.SCHED_BLOCKING_SYNC  # sleeps in sync, no spinning core
     runtime.run("decoder", {"hr_latent": latent_of(manifest)})
-    fakes.EVENTS.clear()
+    fake_pycuda.EVENTS.clear()
     runtime.close()
-    order = [(kind, what) for kind, what, _ in fakes.EVENTS]
-    assert all(current for kind, _, current in fakes.EVENTS if kind != "context")
+    order = [(kind, what) for kind, what, _ in fake_pycuda.EVENTS]
+    assert all(current for kind, _, current in fake_pycuda.EVENTS if kind != "context")
     assert order[:3] == [("destroy", "execution context")] * 3
     assert order[3:6] == [("destroy", "engine")] * 3
     assert order[6] == ("destroy", "runtime")
@@ -148,7 +149,7 @@ def test_close_releases_everything_in_order_with_the_context_current(
     assert len(order[7:-4]) == 2 * sum(len(component.inputs) + 1 for component in manifest.components.values())
     assert order[-4:] == [("destroy", "event")] * 2 + [("destroy", "stream"), ("context", "destroyed")]
     runtime.close()  # a second close does nothing
-    assert len(fakes.EVENTS) == len(order)
+    assert len(fake_pycuda.EVENTS) == len(order)
     with pytest.raises(RuntimeError, match="this TensorRT runtime was closed"):
         runtime.run("decoder", {"hr_latent": latent_of(manifest)})
 
@@ -158,10 +159,10 @@ def test_a_runtime_nobody_closed_is_closed_when_dropped(
 ) -> None:
     manifest = load_manifest(tiny_engine_dir)
     runtime = runtime_module().TensorRTRuntime(manifest, tiny_engine_dir, "fp32", tmp_path, max_batch=1)
-    fakes.EVENTS.clear()
+    fake_pycuda.EVENTS.clear()
     del runtime
-    assert fakes.EVENTS[-1] == ("context", "destroyed", True)
-    assert all(current for kind, _, current in fakes.EVENTS if kind != "context")
+    assert fake_pycuda.EVENTS[-1] == ("context", "destroyed", True)
+    assert all(current for kind, _, current in fake_pycuda.EVENTS if kind != "context")
 
 
 def test_a_runtime_nobody_closed_is_closed_at_exit(fakes: ModuleType, tiny_engine_dir: Path, tmp_path: Path) -> None:
@@ -190,9 +191,9 @@ def test_the_server_closes_the_runtime_on_shutdown(fakes: ModuleType, tiny_engin
     )
     with TestClient(create_app(settings), base_url="http://localhost") as client:
         assert client.get("/readyz").status_code == 200
-        assert ("context", "destroyed", True) not in fakes.EVENTS
-    assert ("context", "destroyed", True) in fakes.EVENTS
-    assert not [event for event in fakes.EVENTS if "LEAKED" in event[1] or not event[2]]
+        assert ("context", "destroyed", True) not in fake_pycuda.EVENTS
+    assert ("context", "destroyed", True) in fake_pycuda.EVENTS
+    assert not [event for event in fake_pycuda.EVENTS if "LEAKED" in event[1] or not event[2]]
 
 
 # --- what goes up to the GPU, and when -------------------------------------------------------------------------
@@ -205,10 +206,12 @@ def test_lr_latent_goes_to_the_gpu_once_per_request(fakes: ModuleType, tiny_engi
     try:
         unet = runtime._engines["unet"].buffers.tensors
         for request, steps in enumerate((4, 3), start=1):
-            before = {name: fakes.htod_copies_to(int(tensor.device)) for name, tensor in unet.items()}
+            before = {name: fake_pycuda.htod_copies_to(int(tensor.device)) for name, tensor in unet.items()}
             image = lr_image() if request == 1 else lr_image().T.copy()
             actual = SRPipeline(manifest, runtime).upscale(image, steps=steps, seed=request)
-            copies = {name: fakes.htod_copies_to(int(tensor.device)) - before[name] for name, tensor in unet.items()}
+            copies = {
+                name: fake_pycuda.htod_copies_to(int(tensor.device)) - before[name] for name, tensor in unet.items()
+            }
             assert copies == {"noisy_latent": steps, "timestep": steps, "lr_latent": 1, "prediction": 0}
             expected = reference.upscale(image, steps=steps, seed=request)
             np.testing.assert_array_equal(actual.image, expected.image)
@@ -238,8 +241,8 @@ def test_the_device_loop_uploads_its_schedule_once_per_step_count(
         actual = SRPipeline(reference.manifest, runtime).upscale(lr_image(), steps=steps, seed=3)
         expected = reference.upscale(lr_image(), steps=steps, seed=3)
         assert np.abs(actual.image.astype(int) - expected.image.astype(int)).max() <= 1
-    assert fakes.htod_copies_to(schedule) == 2  # for 4 steps, then for 5
-    assert fakes.htod_copies_to(sample) == 3
+    assert fake_pycuda.htod_copies_to(schedule) == 2  # for 4 steps, then for 5
+    assert fake_pycuda.htod_copies_to(sample) == 3
 
 
 def test_the_estimate_runs_on_the_device_loop_as_one_step_graph_call(
@@ -252,7 +255,7 @@ def test_the_estimate_runs_on_the_device_loop_as_one_step_graph_call(
     actual = SRPipeline(reference.manifest, runtime).estimate_batch(images)
     for device, host in zip(actual, reference.estimate_batch(images), strict=True):
         assert device.answer == "estimate" and np.abs(device.image.astype(int) - host.image.astype(int)).max() <= 1
-    assert fakes.htod_copies_to(schedule) == 1  # one step's timestep and alphas
+    assert fake_pycuda.htod_copies_to(schedule) == 1  # one step's timestep and alphas
 
 
 def test_gpu_seconds_are_kept_per_thread(fakes: ModuleType, tiny_engine_dir: Path, tmp_path: Path) -> None:
@@ -327,7 +330,6 @@ def test_readyz_answers_loading_while_the_engines_build(
 ) -> None:
     """`xraysr serve` loads in the background: the port answers, and /readyz says 503 "loading", while TensorRT
     builds the engines of a first start (minutes on a Jetson)."""
-    import socket
     import time
 
     import httpx
@@ -335,6 +337,7 @@ def test_readyz_answers_loading_while_the_engines_build(
 
     from xraysr.service.app import create_app
     from xraysr.service.runtimes import trt_build
+    from xraysr.service.tools.local_server import free_port
 
     building, release = threading.Event(), threading.Event()
     real_build = trt_build.build_engine
@@ -345,9 +348,7 @@ def test_readyz_answers_loading_while_the_engines_build(
         return real_build(*args)
 
     monkeypatch.setattr(trt_build, "build_engine", slow_build)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     settings = load_settings(
         engines_dir=tiny_engine_dir.parent, model=tiny_engine_dir.name, backend="tensorrt", precision="fp32",
         trt_cache_dir=tmp_path, port=port,
@@ -371,4 +372,4 @@ def test_readyz_answers_loading_while_the_engines_build(
         release.set()
         server.should_exit = True
         thread.join(60)
-    assert ("context", "destroyed", True) in fakes.EVENTS  # and shutdown closed the runtime
+    assert ("context", "destroyed", True) in fake_pycuda.EVENTS  # and shutdown closed the runtime

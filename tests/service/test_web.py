@@ -25,9 +25,9 @@ from PIL import Image
 from tests import xrays
 from tests.conftest import SHARED_DATA
 from xraysr.service.app import create_app
-from xraysr.service.local_server import local_server
 from xraysr.service.manifest import load_manifest
 from xraysr.service.settings import load_settings
+from xraysr.service.tools.local_server import local_server
 
 ENGINES = Path(__file__).resolve().parents[2] / "engines"
 MODEL = "cxr-default"

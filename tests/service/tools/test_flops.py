@@ -1,4 +1,4 @@
-"""service/flops.py: FLOPs counted from real ONNX graphs against convolution arithmetic and torch's counter."""
+"""service/tools/flops.py: FLOPs counted from real ONNX graphs against convolution arithmetic and torch's counter."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from xraysr.service.flops import DEVICES, estimate_table, graph_cost
 from xraysr.service.manifest import load_manifest
+from xraysr.service.tools.flops import DEVICES, estimate_table, graph_cost
 
 onnx = pytest.importorskip("onnx", reason="counting FLOPs reads ONNX graphs with the onnx package (train extra)")
 torch = pytest.importorskip("torch", reason="the cross-check uses torch's FlopCounterMode (train extra)")

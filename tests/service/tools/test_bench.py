@@ -1,4 +1,4 @@
-"""service/bench.py on the real tiny engine: every configuration is measured and reported (no timing asserts)."""
+"""service/tools/bench.py on the real tiny engine: every configuration is measured and reported (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from xraysr.service.bench import markdown, run_bench
 from xraysr.service.cli import main
 from xraysr.service.pipeline import AnswerPlan, SRPipeline, UpscaleResult
+from xraysr.service.tools.bench import markdown, run_bench
 
 LOOP_2 = AnswerPlan("samples", 2, 1)
 

@@ -1,4 +1,4 @@
-"""service/loadtest.py against a real server: counts, statuses and the server's own batch sizes."""
+"""service/tools/loadtest.py against a real server: counts, statuses and the server's own batch sizes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from xraysr.service.cli import main
-from xraysr.service.loadtest import check_target, run_load
-from xraysr.service.local_server import local_server
+from xraysr.service.tools.loadtest import check_target, run_load
+from xraysr.service.tools.local_server import local_server
 
 
 def test_a_load_run_reports_every_request_and_the_servers_batches(

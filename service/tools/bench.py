@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from xraysr.service.imaging import encode_png
-from xraysr.service.local_server import local_server
 from xraysr.service.manifest import Precision, load_manifest, manifest_name
 from xraysr.service.pipeline import AnswerPlan, SRPipeline
 from xraysr.service.runtimes import Backend, load_runtime
+from xraysr.service.tools.local_server import local_server
 
 # What the caller waited, measured by the bench itself: over HTTP it includes the server's own "total".
 WALL = "caller_wall"

@@ -15,9 +15,31 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on now (the OS picks it; another process may still take it first)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_until_ready(base_url: str, server: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    """Returns once ``base_url``/readyz answers 200. RuntimeError if ``server`` exits first (with the end of
+    ``log``, the file its output goes to) or if ``timeout`` seconds pass."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base_url, timeout=5) as client:
+        while True:
+            if server.poll() is not None:
+                output = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"xraysr serve exited with {server.returncode}: {output}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"xraysr serve did not become ready within {timeout:.0f} s")
+            time.sleep(0.1)
 
 
 def _limit_address_space(size: int) -> None:
@@ -61,8 +83,6 @@ def local_server_process(
     ``address_space_bytes`` runs the server under that RLIMIT_AS (what ``prlimit --as`` sets): an allocation past
     it fails inside the server instead of exhausting the machine, so a test of a memory bound cannot take down
     the machine it runs on when the bound regresses."""
-    import httpx
-
     port = free_port()
     command = [
         sys.executable,
@@ -94,20 +114,7 @@ def local_server_process(
             )
         base_url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + ready_timeout
-            with httpx.Client(base_url=base_url, timeout=5) as client:
-                while True:
-                    if server.poll() is not None:
-                        output = log_path.read_text(errors="replace")[-2000:]
-                        raise RuntimeError(f"xraysr serve exited with {server.returncode}: {output}")
-                    try:
-                        if client.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass  # not listening yet
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"xraysr serve did not become ready within {ready_timeout:.0f} s")
-                    time.sleep(0.1)
+            wait_until_ready(base_url, server, ready_timeout, log_path)
             yield base_url, server
         finally:
             server.terminate()
