@@ -101,7 +101,7 @@ def test_the_wheel_holds_one_package_and_the_default_model(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"xraysr", wheel.name.split("-py3")[0] + ".dist-info"}
-    for module in ("__init__.py", "service/app.py", "service/api/upscale.py", "training/train.py"):
+    for module in ("__init__.py", "py.typed", "service/app.py", "service/api/upscale.py", "training/train.py"):
         assert f"xraysr/{module}" in names
     assert "xraysr/service/web/app.js" in names
     for file in ("manifest.json", "manifest.int8.json", "encoder.onnx", "unet.onnx", "unet.int8.onnx", "decoder.onnx"):
