@@ -25,9 +25,14 @@ def psnr_from_mse(mse: float, data_range: float, cap: float | None = None) -> fl
         cap: the largest value returned; ``None`` returns ``inf`` for ``mse == 0``.
 
     Returns:
-        ``10·log10(data_range² / mse)``, ``min``-ed with ``cap``; ``cap`` (or ``inf``) when ``mse`` is not
-        positive: 0, and also NaN (as the quantize report always counted it).
+        ``10·log10(data_range² / mse)``, ``min``-ed with ``cap``; ``cap`` (or ``inf``) when ``mse`` is 0.
+
+    Raises:
+        ValueError: ``mse`` is NaN (an output held NaN). Counted as a perfect score, as the quantize report once
+            did, a broken INT8 file would have passed its acceptance check.
     """
+    if np.isnan(mse):
+        raise ValueError("the mean squared error is NaN: an image or output holds NaN")
     if mse > 0:
         decibels = float(10 * np.log10(float(data_range) ** 2 / mse))
         return decibels if cap is None else min(cap, decibels)

@@ -70,3 +70,10 @@ def test_mismatched_shapes_or_dtypes_are_refused() -> None:
         psnr(image, image[:32], data_range=255)
     with pytest.raises(ValueError, match="dtypes differ: image uint8, reference float32"):
         psnr(image, image.astype(np.float32), data_range=255)
+
+
+def test_a_nan_error_is_refused_not_scored_perfect() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        psnr_from_mse(float("nan"), data_range=1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        psnr(np.array([0.0, np.nan]), np.zeros(2), data_range=1.0)
