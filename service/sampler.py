@@ -115,7 +115,7 @@ def ddim_step(
         case other:
             raise ValueError(f"unknown prediction_type {other!r}; expected 'epsilon', 'sample' or 'v_prediction'")
 
-    # 3. compute the "direction pointing to x_t" of formula (12); sigma_t = 0, so sqrt(1 - alpha_prev - sigma_t^2)
+    # 3. compute the "direction pointing to x_t" of formula (12), sqrt(1 - alpha_prev - sigma_t^2) * epsilon_theta(x_t)
     direction_to_sample = (1.0 - alpha_prev) ** 0.5 * predicted_noise
 
     # 4. compute x_{t-1} of formula (12); its "random noise" term is zero with sigma_t = 0
