@@ -128,7 +128,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from xraysr.training.quantize import quantize_engines, report_markdown
+    from xraysr.training.quantize import quantize_engines
+    from xraysr.training.quantize_report import report_markdown
 
     report = quantize_engines(
         args.model_dir,

@@ -14,6 +14,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from xraysr.service.sampler import ddim_step, floored_timesteps
 from xraysr.training.config import DiffusionConfig
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -136,10 +137,9 @@ def sample_latent(
 
 
 def _floored_ddim(denoiser: Denoiser, noise: Tensor, lr_latent: Tensor, config: DiffusionConfig, steps: int) -> Tensor:
-    """Deterministic DDIM from T - 1 down to ``config.final_timestep`` (service/sampler.py's floored spacing),
-    returning the x0 estimate there. diffusers' DDIMScheduler steps by a fixed ratio, so this loop is ours."""
-    from xraysr.service.sampler import floored_timesteps
-
+    """Deterministic DDIM from T - 1 down to ``config.final_timestep`` (service/sampler.py's floored spacing and
+    ``ddim_step``), returning the x0 estimate there. diffusers' DDIMScheduler steps by a fixed ratio, so this loop
+    is ours."""
     if config.eta != 0.0:
         raise ValueError("final_timestep needs deterministic DDIM (eta = 0)")
     assert config.final_timestep is not None
@@ -150,15 +150,7 @@ def _floored_ddim(denoiser: Denoiser, noise: Tensor, lr_latent: Tensor, config: 
         prediction = denoiser(sample, torch.full((sample.shape[0],), timestep, device=sample.device), lr_latent)
         alpha = alphas_cumprod[timestep].item()
         alpha_previous = alphas_cumprod[timesteps[index + 1]].item() if index + 1 < len(timesteps) else 1.0
-        match config.prediction_type:
-            case "sample":
-                x0, noise_estimate = prediction, (sample - alpha**0.5 * prediction) / (1 - alpha) ** 0.5
-            case "epsilon":
-                x0, noise_estimate = (sample - (1 - alpha) ** 0.5 * prediction) / alpha**0.5, prediction
-            case "v_prediction":
-                x0 = alpha**0.5 * sample - (1 - alpha) ** 0.5 * prediction
-                noise_estimate = alpha**0.5 * prediction + (1 - alpha) ** 0.5 * sample
-        sample = alpha_previous**0.5 * x0 + (1 - alpha_previous) ** 0.5 * noise_estimate
+        sample = ddim_step(prediction, sample, alpha, alpha_previous, config.prediction_type)
     return sample
 
 
