@@ -40,15 +40,15 @@ class DDIMSampler:
         or even spacing down to the manifest's ``final_timestep``."""
         if not self.spec.min_steps <= steps <= self.spec.max_steps:
             raise ValueError(f"steps must be in [{self.spec.min_steps}, {self.spec.max_steps}], got {steps}")
-        train_steps = self.spec.num_train_timesteps
+        num_train_timesteps = self.spec.num_train_timesteps
         if self.spec.final_timestep is None:
-            step_ratio = train_steps // steps
-            spacing = train_steps / steps
-            self.timesteps = np.round(np.arange(train_steps, 0, -spacing)).astype(np.int64) - 1
+            step_ratio = num_train_timesteps // steps
+            spacing = num_train_timesteps / steps
+            self.timesteps = np.round(np.arange(num_train_timesteps, 0, -spacing)).astype(np.int64) - 1
             # diffusers steps to t - T // steps, which is not always the next timestep of the list.
             self._previous = {int(t): int(t) - step_ratio for t in self.timesteps}
         else:
-            self.timesteps = floored_timesteps(train_steps, steps, self.spec.final_timestep)
+            self.timesteps = floored_timesteps(num_train_timesteps, steps, self.spec.final_timestep)
             self._previous = dict(zip(self.timesteps.tolist(), [*self.timesteps[1:].tolist(), -1], strict=True))
         return self.timesteps
 
@@ -63,7 +63,7 @@ class DDIMSampler:
     def alphas(self, timestep: int) -> tuple[float, float]:
         """(alpha_cumprod at t, at t - Δ): the step's only inputs besides the model, also fed to the step graph.
 
-        Past the first timestep, alpha is 1: the sample is x0 itself (diffusers' ``set_alpha_to_one``).
+        Past the first timestep, alpha is 1: the latent is x0 itself (diffusers' ``set_alpha_to_one``).
         """
         if self.timesteps is None:
             raise ValueError("call set_timesteps() before alphas() or step()")
@@ -71,19 +71,19 @@ class DDIMSampler:
         alpha_previous = float(self.alphas_cumprod[previous]) if previous >= 0 else 1.0
         return float(self.alphas_cumprod[timestep]), alpha_previous
 
-    def step(self, model_output: np.ndarray, timestep: int, sample: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, timestep: int, latent: np.ndarray) -> np.ndarray:
         """One update x_t → x_{t-Δ} (``ddim_step``), computed in float64 and returned as float32."""
         alpha_t, alpha_previous = self.alphas(timestep)
         # numpy scalars, not Python floats: under NEP 50 a float64 scalar makes the update float64, rounded once.
-        next_sample = ddim_step(
-            model_output, sample, np.float64(alpha_t), np.float64(alpha_previous), self.spec.prediction_type
+        next_latent = ddim_step(
+            model_output, latent, np.float64(alpha_t), np.float64(alpha_previous), self.spec.prediction_type
         )
-        return next_sample.astype(np.float32)
+        return next_latent.astype(np.float32)
 
 
 def ddim_step(
     model_output: ArrayOrTensor,
-    sample: ArrayOrTensor,
+    latent: ArrayOrTensor,
     alpha_t: ArrayOrTensor | float,
     alpha_prev: ArrayOrTensor | float,
     prediction_type: str,
@@ -104,14 +104,14 @@ def ddim_step(
     match prediction_type:
         case "epsilon":
             predicted_noise = model_output
-            predicted_x0 = (sample - beta_t**0.5 * model_output) / alpha_t**0.5
+            predicted_x0 = (latent - beta_t**0.5 * model_output) / alpha_t**0.5
         case "sample":
             predicted_x0 = model_output
-            predicted_noise = (sample - alpha_t**0.5 * model_output) / beta_t**0.5
+            predicted_noise = (latent - alpha_t**0.5 * model_output) / beta_t**0.5
         case "v_prediction":
             # v = sqrt(alpha_t) * epsilon - sqrt(beta_t) * x_0 (Salimans & Ho 2022, section 4)
-            predicted_x0 = alpha_t**0.5 * sample - beta_t**0.5 * model_output
-            predicted_noise = alpha_t**0.5 * model_output + beta_t**0.5 * sample
+            predicted_x0 = alpha_t**0.5 * latent - beta_t**0.5 * model_output
+            predicted_noise = alpha_t**0.5 * model_output + beta_t**0.5 * latent
         case other:
             raise ValueError(f"unknown prediction_type {other!r}; expected 'epsilon', 'sample' or 'v_prediction'")
 
@@ -122,11 +122,11 @@ def ddim_step(
     return alpha_prev**0.5 * predicted_x0 + direction_to_sample
 
 
-def floored_timesteps(train_steps: int, steps: int, final_timestep: int) -> np.ndarray:
+def floored_timesteps(num_train_timesteps: int, steps: int, final_timestep: int) -> np.ndarray:
     """``steps`` timesteps from ``train_steps - 1`` down to ``final_timestep``, evenly spaced and rounded."""
-    if not 0 <= final_timestep < train_steps or steps > train_steps - final_timestep:
-        raise ValueError(f"cannot space {steps} distinct steps from {train_steps - 1} down to {final_timestep}")
-    return np.round(np.linspace(train_steps - 1, final_timestep, steps)).astype(np.int64)
+    if not 0 <= final_timestep < num_train_timesteps or steps > num_train_timesteps - final_timestep:
+        raise ValueError(f"cannot space {steps} distinct steps from {num_train_timesteps - 1} down to {final_timestep}")
+    return np.round(np.linspace(num_train_timesteps - 1, final_timestep, steps)).astype(np.int64)
 
 
 def estimate_input(shape: tuple[int, ...]) -> np.ndarray:

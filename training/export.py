@@ -26,7 +26,7 @@ from xraysr.service.manifest import (
 )
 from xraysr.service.sampler import ddim_step
 from xraysr.training.diffusion import ConditionEncoder, make_training_scheduler
-from xraysr.training.pipeline import SRPipeline
+from xraysr.training.pipeline import TorchPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class _UNetStep(nn.Module):
 UNET_STEP_INPUTS = ["sample", "timestep", "lr_latent", "alpha_t", "alpha_prev"]
 
 
-def export_unet_step(pipeline: SRPipeline, path: Path) -> Component:
+def export_unet_step(pipeline: TorchPipeline, path: Path) -> Component:
     """Writes ``unet_step.onnx``: (sample, timestep, lr_latent, alpha_t, alpha_prev) → next_sample."""
     config = pipeline.config
     latent_size = config.data.hr_size // pipeline.vae.downsample_factor
@@ -185,7 +185,7 @@ def export_model(
     the manifest's optional ``unet_step`` component: TensorRT then runs the whole loop on the GPU, while ONNX
     Runtime keeps the host loop over ``unet.onnx``.
     """
-    pipeline = SRPipeline.from_checkpoint(checkpoint)
+    pipeline = TorchPipeline.from_checkpoint(checkpoint)
     config = pipeline.config
     if config.diffusion.eta != 0.0:
         raise ValueError("the appliance samples with deterministic DDIM (eta = 0); this run was configured otherwise")

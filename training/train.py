@@ -361,7 +361,7 @@ def validate(
         lr.to(device),
         config.diffusion,
         target_scale,
-        config.diffusion.sample_steps,
+        config.diffusion.sampling_steps,
         generator,
     ).cpu()
     totals = {"psnr_sr": 0.0, "ssim_sr": 0.0, "psnr_bicubic": 0.0, "ssim_bicubic": 0.0}
