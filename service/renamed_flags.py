@@ -29,5 +29,6 @@ def add_renamed(
     place; ``required``: one of the two must be given, never both."""
     group = parser.add_mutually_exclusive_group(required=required)
     action = group.add_argument(new, **kwargs)
-    group.add_argument(old, dest=action.dest, type=kwargs.get("type"), action=_Renamed, new=new, help=argparse.SUPPRESS)
+    alias = {key: kwargs[key] for key in ("type", "choices", "nargs") if key in kwargs}
+    group.add_argument(old, dest=action.dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **alias)
     return action
