@@ -315,7 +315,7 @@ for precision in ${precisions}; do
     say "building ${precision} engines into ${cache} (minutes on an Orin Nano; log: ${log})"
     started=${SECONDS}
     if xraysr build-engines ${model_flags[@]+"${model_flags[@]}"} --precision "${precision}" \
-        --cache-dir "${cache}" >"${log}" 2>&1; then
+        --trt-cache-dir "${cache}" >"${log}" 2>&1; then
         row "build ${precision}" PASS "$((SECONDS - started)) s; $(last_line "${log}")"
         built+=("${precision}")
     else

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from xraysr.service.file_commands import INPUT_TYPES, seed_argument, settings_from, shrink_files, upscale_files
 from xraysr.service.manifest import MAX_SAMPLES
+from xraysr.service.renamed_flags import add_renamed
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -172,7 +173,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         required=True,
         help="int8 needs a quantized model; lowered to fp16 on GPUs without INT8 (Jetson Nano)",
     )
-    build.add_argument("--cache-dir", type=Path, required=True, help="where the .plan files and their sidecars live")
+    add_renamed(
+        build,
+        "--trt-cache-dir",
+        "--cache-dir",
+        required=True,
+        type=Path,
+        help="TensorRT engine cache: the .plan files and their sidecars (serve's --trt-cache-dir)",
+    )
     build.add_argument("--workspace-mib", type=int, default=1024, help="TensorRT builder workspace (default 1024)")
     build.add_argument(
         "--max-batch",
@@ -198,7 +206,7 @@ def _build_engines(args: argparse.Namespace) -> int:
     failed: EngineBuildError | None = None
     try:
         sizes = (args.workspace_mib, max_batch)
-        _, reports = build_all(settings.model_dir, args.cache_dir, precision, device, *sizes)
+        _, reports = build_all(settings.model_dir, args.trt_cache_dir, precision, device, *sizes)
     except EngineBuildError as error:  # every component was tried: report each, then fail
         failed, reports = error, error.reports
     print(f"{device.name} (compute capability {device.compute_capability}), TensorRT {device.tensorrt_version}")

@@ -6,9 +6,10 @@ breaks this: anatomy the input does not support. Every /upscale answer therefore
 
     lr_consistency_psnr = PSNR(shrink(sr), lr)   in dB, 8-bit peak 255, on the 64×64 grid,
 
-with ``shrink`` the bit-exact INTER_CUBIC of service/resize.py. Identical images have an infinite PSNR; the
-answer caps it at ``PSNR_CAP_DB`` = 99.99 dB (JSON has no infinity), which is unambiguous: the smallest non-zero
-error on 64×64 8-bit images, one grey level at one pixel, gives 10·log10(255² · 4096) = 84.25 dB.
+with ``shrink`` the bit-exact INTER_CUBIC of service/resize.py and PSNR the project's one definition
+(service/fidelity.py). Identical images have an infinite PSNR; the answer caps it at ``PSNR_CAP_DB`` = 99.99 dB
+(JSON has no infinity), which is unambiguous: the smallest non-zero error on 64×64 8-bit images, one grey level at
+one pixel, gives 10·log10(255² · 4096) = 84.25 dB.
 
 ``consistency=enforce`` projects the answer onto the images that shrink back to the input, by iterative
 back-projection (Irani & Peleg 1991): ``x ← x + up(lr − down(x))``, ``BACK_PROJECTION_ITERATIONS`` times. ``x``
@@ -21,12 +22,12 @@ docs/RESULTS.md ("Fidelity guard") measures what it does to PSNR/SSIM against th
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from xraysr.service.fidelity import psnr
 from xraysr.service.resize import resize_cubic, resize_cubic_float
 
 ConsistencyMode = Literal["report", "enforce"]
@@ -39,27 +40,17 @@ PEAK = 255.0
 BACK_PROJECTION_ITERATIONS = 4
 
 
-def psnr_8bit(image: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR in dB of two same-shape uint8 images (range [0, 255], peak 255), capped at ``PSNR_CAP_DB``."""
-    for name, array in (("image", image), ("reference", reference)):
-        if array.dtype != np.uint8 or array.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D uint8 image, got {array.dtype} with shape {array.shape}")
-    if image.shape != reference.shape:
-        raise ValueError(f"shapes differ: image {image.shape}, reference {reference.shape}")
-    mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
-    if mse == 0.0:
-        return PSNR_CAP_DB
-    return min(PSNR_CAP_DB, 10.0 * math.log10(PEAK * PEAK / mse))
-
-
 def shrink_output(sr: np.ndarray, lr_size: int) -> np.ndarray:
     """The answer shrunk exactly as the training LR was made from the HR: INTER_CUBIC, uint8."""
     return resize_cubic(sr, lr_size, lr_size)
 
 
 def lr_consistency_psnr(lr: np.ndarray, sr: np.ndarray) -> float:
-    """PSNR(shrink(sr), lr) in dB, capped at ``PSNR_CAP_DB``; ``lr`` is the 64×64 input, ``sr`` the answer."""
-    return psnr_8bit(shrink_output(sr, lr.shape[0]), lr)
+    """PSNR(shrink(sr), lr) in dB (peak 255), capped at ``PSNR_CAP_DB``; ``lr`` is the 64×64 input, ``sr`` the
+    answer, both 2-D uint8 images (range [0, 255]; ``shrink`` checks ``sr``)."""
+    if lr.dtype != np.uint8 or lr.ndim != 2:
+        raise ValueError(f"lr must be a 2-D uint8 image, got {lr.dtype} with shape {lr.shape}")
+    return psnr(shrink_output(sr, lr.shape[0]), lr, data_range=PEAK, cap=PSNR_CAP_DB)
 
 
 def bicubic_upscale(lr: np.ndarray, hr_size: int) -> np.ndarray:

@@ -176,7 +176,7 @@ class SRPipeline:
         # the scaled residual, as one batch; the estimate's "loop" is its single step to alpha = 1, x0 itself
         started = time.perf_counter()
         shape = lr_latent[:1].shape
-        sample = np.concatenate(
+        latents = np.concatenate(
             [
                 estimate_input(shape) if seeds is None else np.concatenate([initial_noise(shape, s) for s in seeds])
                 for _, seeds in items
@@ -186,11 +186,11 @@ class SRPipeline:
             # The same update inside the graph (training/export.py's unet_step): the loop stays on the GPU, so
             # it cannot stop between steps.
             alphas = np.array([sampler.alphas(int(timestep)) for timestep in timesteps], dtype=np.float32)
-            sample = self.runtime.denoise(sample, lr_latent, timesteps, alphas)
+            latents = self.runtime.denoise(latents, lr_latent, timesteps, alphas)
             self._device_time(device_seconds, "denoise_gpu", "denoise")
         else:
-            sample = self._denoise_on_host(sampler, sample, lr_latent, timesteps, device_seconds, should_stop)
-        hr_latent = sample / np.float32(latent.target_scale)
+            latents = self._denoise_on_host(sampler, latents, lr_latent, timesteps, device_seconds, should_stop)
+        hr_latent = latents / np.float32(latent.target_scale)
         if latent.target == "residual":
             hr_latent = hr_latent + lr_latent
         stage_seconds["denoise"] = time.perf_counter() - started
@@ -231,7 +231,7 @@ class SRPipeline:
     def _denoise_on_host(
         self,
         sampler: DDIMSampler,
-        sample: np.ndarray,
+        latents: np.ndarray,
         lr_latent: np.ndarray,
         timesteps: np.ndarray,
         device_seconds: dict[str, float],
@@ -245,11 +245,11 @@ class SRPipeline:
             prediction = self.runtime.run(
                 "unet",
                 {
-                    noisy_name: sample,
-                    timestep_name: np.full((len(sample),), timestep, dtype=np.float32),
+                    noisy_name: latents,
+                    timestep_name: np.full((len(latents),), timestep, dtype=np.float32),
                     condition_name: lr_latent,
                 },
             )
             self._device_time(device_seconds, "denoise_gpu", "unet")
-            sample = sampler.step(prediction, int(timestep), sample)
-        return sample
+            latents = sampler.step(prediction, int(timestep), latents)
+        return latents

@@ -250,7 +250,7 @@ class Settings(BaseSettings):
         if name != MANIFEST_NAME and self.model_dir.is_dir() and not (self.model_dir / name).is_file():
             raise ValueError(
                 f"model folder {self.model_dir} has no {name} for --precision {self.precision}; "
-                f"quantize it with `xraysr quantize --engines {self.model_dir} --calib <prepared data folder>`, "
+                f"quantize it with `xraysr quantize --model-dir {self.model_dir} --calib <prepared data folder>`, "
                 "or serve its manifest.json with --precision fp32"
             )
         if not (self.model_dir / name).is_file():

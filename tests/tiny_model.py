@@ -45,7 +45,7 @@ def train_tiny(work: Path, data_root: Path) -> Path:
             "data": {"root": str(data_root)},
             "vae": {"kind": "cxr", "hidden_channels": 8, "num_res_blocks": 1, "checkpoint": str(work / "vae.pt")},
             "unet": {"base_channels": 8, "channel_multipliers": [1, 2], "time_embed_dim": 16},
-            "diffusion": {"prediction_type": "v_prediction", "sample_steps": 2},
+            "diffusion": {"prediction_type": "v_prediction", "sampling_steps": 2},
             "optim": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1},
             "schedule": {"validation_images": 1},
         }

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import get_args
 
+from xraysr.service.renamed_flags import add_renamed
 from xraysr.service.settings import PACKAGED_ENGINES_DIR
 from xraysr.training.config import Degradation
 
@@ -127,12 +128,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from xraysr.training.quantize import quantize_engines, report_markdown
+    from xraysr.training.quantize import quantize_engines
+    from xraysr.training.quantize_report import report_markdown
 
     report = quantize_engines(
-        args.engines,
+        args.model_dir,
         args.calib,
-        args.out or Path("runs") / "quantize" / args.engines.name,
+        args.out or Path("runs") / "quantize" / args.model_dir.name,
         calib_images=args.calib_images,
         split=args.split,
         eval_split=args.eval_split,
@@ -147,7 +149,7 @@ def _quantize(args: argparse.Namespace) -> int:
 def _import_engines(args: argparse.Namespace) -> int:
     from xraysr.training.from_engines import import_engines
 
-    vae_path, sr_path = import_engines(args.engines, args.out)
+    vae_path, sr_path = import_engines(args.model_dir, args.out)
     print(json.dumps({"vae": str(vae_path), "sr_init": str(sr_path)}))
     return 0
 
@@ -156,8 +158,8 @@ def _calibrate_interval(args: argparse.Namespace) -> int:
     from xraysr.training.calibrate_interval import calibrate_interval, write_interval
 
     for precision in args.precision:
-        spec = calibrate_interval(args.engines, args.data, precision, args.work)
-        path = write_interval(args.engines, precision, spec)
+        spec = calibrate_interval(args.model_dir, args.data, precision, args.work)
+        path = write_interval(args.model_dir, precision, spec)
         print(
             json.dumps(
                 {
@@ -277,7 +279,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     quantize = commands.add_parser(
         "quantize", help="engines/<model> → INT8 QDQ ONNX + manifest.int8.json, calibrated on real images"
     )
-    quantize.add_argument("--engines", type=Path, required=True, help="engines/<model> folder with manifest.json")
+    add_renamed(quantize, "--model-dir", "--engines", required=True, type=Path, help="engines/<model>")
     quantize.add_argument("--calib", type=Path, required=True, help="prepared data root (LR_64/, HR_256/, splits.csv)")
     quantize.add_argument("--calib-images", type=int, default=64, help="calibration images (default 64)")
     quantize.add_argument("--split", default="train", choices=["train", "val", "test"], help="calibration split")
@@ -302,7 +304,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "calibrate-interval",
         help="fit the per-pixel interval on train, calibrate it on val (conformal), write it into the manifest",
     )
-    interval.add_argument("--engines", type=Path, required=True, help="the engines/<model> folder")
+    add_renamed(interval, "--model-dir", "--engines", required=True, type=Path, help="the engines/<model> folder")
     interval.add_argument("--data", type=Path, required=True, help="a prepared data folder (splits.csv with sources)")
     interval.add_argument(
         "--precision", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"], help="manifests to calibrate"
@@ -313,6 +315,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     imported = commands.add_parser(
         "import-engines", help="a shipped model's ONNX files → torch weights to train on from (checked against them)"
     )
-    imported.add_argument("--engines", type=Path, required=True, help="engines/<model> folder with manifest.json")
+    add_renamed(imported, "--model-dir", "--engines", required=True, type=Path, help="engines/<model>")
     imported.add_argument("--out", type=Path, required=True, help="folder for vae.pt and sr_init.pt")
     imported.set_defaults(handler=_import_engines)

@@ -6,13 +6,16 @@ Every knob of a run lives here, so a run is reproduced from its YAML alone. Choi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from xraysr.service.validation import describe_validation_error
+
+logger = logging.getLogger(__name__)
 
 # The three parts of a patient-disjoint split, written by `xraysr prepare` and read by training/data.py.
 Split = Literal["train", "val", "test"]
@@ -169,7 +172,9 @@ class DiffusionConfig(_Strict):
         "auto", description="Multiplier bringing the diffused target to unit std; 'auto' measures it on train data."
     )
     sampler: Literal["ddim", "dpmsolver++"] = "ddim"
-    sample_steps: int = Field(25, ge=1, le=1000)
+    # Reverse-diffusion steps of the validation grid: `steps` in the HTTP query and the CLI. Training steps are
+    # always named as such (optim.max_steps); the diffusion's timesteps are num_train_timesteps.
+    sampling_steps: int = Field(25, ge=1, le=1000)
     eta: float = Field(0.0, ge=0, le=1)
     final_timestep: int | None = Field(
         None,
@@ -182,10 +187,22 @@ class DiffusionConfig(_Strict):
     # trained on exactly that input with L2 on x0, the rest on the diffusion objective: one network, both jobs.
     estimate_fraction: float = Field(0.0, ge=0, le=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, values: Any) -> Any:
+        """``sample_steps`` is the old name of ``sampling_steps`` (0.2), still read from configs and checkpoints."""
+        if isinstance(values, dict) and "sample_steps" in values:
+            if "sampling_steps" in values:
+                raise ValueError("sample_steps is the old name of sampling_steps: give one of the two")
+            logger.warning("diffusion.sample_steps is renamed diffusion.sampling_steps; the old name goes in 0.4")
+            values = {**values, "sampling_steps": values["sample_steps"]}
+            del values["sample_steps"]
+        return values
+
     @model_validator(mode="after")
     def _regression_predicts_the_sample(self) -> DiffusionConfig:
-        if self.objective == "regression" and (self.prediction_type != "sample" or self.sample_steps != 1):
-            raise ValueError("objective regression needs prediction_type: sample and sample_steps: 1")
+        if self.objective == "regression" and (self.prediction_type != "sample" or self.sampling_steps != 1):
+            raise ValueError("objective regression needs prediction_type: sample and sampling_steps: 1")
         if self.estimate_fraction > 0 and self.prediction_type != "sample":
             raise ValueError("estimate_fraction trains the x0 estimate directly: it needs prediction_type: sample")
         return self

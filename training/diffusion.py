@@ -14,6 +14,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from xraysr.service.sampler import ddim_step, floored_timesteps
 from xraysr.training.config import DiffusionConfig
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -81,24 +82,24 @@ def diffusion_sample(hr_latent: Tensor, lr_latent: Tensor, config: DiffusionConf
             return hr_latent * target_scale
 
 
-def hr_latent_from_sample(sample: Tensor, lr_latent: Tensor, config: DiffusionConfig, target_scale: float) -> Tensor:
+def hr_latent_from_sample(latent: Tensor, lr_latent: Tensor, config: DiffusionConfig, target_scale: float) -> Tensor:
     """The inverse of ``diffusion_sample``."""
     match config.target:
         case "residual":
-            return sample / target_scale + lr_latent
+            return latent / target_scale + lr_latent
         case "latent":
-            return sample / target_scale
+            return latent / target_scale
 
 
-def regression_target(scheduler: DDPMScheduler, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+def regression_target(scheduler: DDPMScheduler, latent: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
     """What the network is trained to output for its prediction type."""
     match scheduler.config.prediction_type:
         case "epsilon":
             return noise
         case "sample":
-            return sample
+            return latent
         case "v_prediction":
-            return scheduler.get_velocity(sample, noise, timesteps)
+            return scheduler.get_velocity(latent, noise, timesteps)
         case other:
             raise ValueError(f"unknown prediction type {other!r}")
 
@@ -122,44 +123,35 @@ def sample_latent(
     if initial_noise is None:
         initial_noise = torch.randn(lr_latent.shape, generator=generator, dtype=torch.float32)
     if config.final_timestep is not None and (sampler or config.sampler) == "ddim":
-        sample = _floored_ddim(denoiser, initial_noise.to(lr_latent.device), lr_latent, config, steps)
-        return hr_latent_from_sample(sample, lr_latent, config, target_scale)
+        latent = _floored_ddim(denoiser, initial_noise.to(lr_latent.device), lr_latent, config, steps)
+        return hr_latent_from_sample(latent, lr_latent, config, target_scale)
     scheduler = make_sampling_scheduler(config, sampler)
     scheduler.set_timesteps(steps, device=lr_latent.device)
-    sample = initial_noise.to(lr_latent.device) * scheduler.init_noise_sigma
+    latent = initial_noise.to(lr_latent.device) * scheduler.init_noise_sigma
     step_kwargs = {"eta": config.eta} if isinstance(scheduler, DDIMScheduler) else {}
     for timestep in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(sample, timestep)
-        prediction = denoiser(model_input, timestep.expand(sample.shape[0]), lr_latent)
-        sample = scheduler.step(prediction, timestep, sample, generator=generator, **step_kwargs).prev_sample
-    return hr_latent_from_sample(sample, lr_latent, config, target_scale)
+        model_input = scheduler.scale_model_input(latent, timestep)
+        prediction = denoiser(model_input, timestep.expand(latent.shape[0]), lr_latent)
+        latent = scheduler.step(prediction, timestep, latent, generator=generator, **step_kwargs).prev_sample
+    return hr_latent_from_sample(latent, lr_latent, config, target_scale)
 
 
 def _floored_ddim(denoiser: Denoiser, noise: Tensor, lr_latent: Tensor, config: DiffusionConfig, steps: int) -> Tensor:
-    """Deterministic DDIM from T - 1 down to ``config.final_timestep`` (service/sampler.py's floored spacing),
-    returning the x0 estimate there. diffusers' DDIMScheduler steps by a fixed ratio, so this loop is ours."""
-    from xraysr.service.sampler import floored_timesteps
-
+    """Deterministic DDIM from T - 1 down to ``config.final_timestep`` (service/sampler.py's floored spacing and
+    ``ddim_step``), returning the x0 estimate there. diffusers' DDIMScheduler steps by a fixed ratio, so this loop
+    is ours."""
     if config.eta != 0.0:
         raise ValueError("final_timestep needs deterministic DDIM (eta = 0)")
     assert config.final_timestep is not None
     alphas_cumprod = make_training_scheduler(config).alphas_cumprod.to(torch.float64)
     timesteps = floored_timesteps(config.num_train_timesteps, steps, config.final_timestep).tolist()
-    sample = noise
+    latent = noise
     for index, timestep in enumerate(timesteps):
-        prediction = denoiser(sample, torch.full((sample.shape[0],), timestep, device=sample.device), lr_latent)
+        prediction = denoiser(latent, torch.full((latent.shape[0],), timestep, device=latent.device), lr_latent)
         alpha = alphas_cumprod[timestep].item()
         alpha_previous = alphas_cumprod[timesteps[index + 1]].item() if index + 1 < len(timesteps) else 1.0
-        match config.prediction_type:
-            case "sample":
-                x0, noise_estimate = prediction, (sample - alpha**0.5 * prediction) / (1 - alpha) ** 0.5
-            case "epsilon":
-                x0, noise_estimate = (sample - (1 - alpha) ** 0.5 * prediction) / alpha**0.5, prediction
-            case "v_prediction":
-                x0 = alpha**0.5 * sample - (1 - alpha) ** 0.5 * prediction
-                noise_estimate = alpha**0.5 * prediction + (1 - alpha) ** 0.5 * sample
-        sample = alpha_previous**0.5 * x0 + (1 - alpha_previous) ** 0.5 * noise_estimate
-    return sample
+        latent = ddim_step(prediction, latent, alpha, alpha_previous, config.prediction_type)
+    return latent
 
 
 @torch.no_grad()

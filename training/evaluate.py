@@ -20,7 +20,7 @@ from xraysr.training.config import Degradation
 from xraysr.training.data import PairDataset, to_uint8, to_unit_range
 from xraysr.training.degradation import make_lr
 from xraysr.training.metrics import bicubic_upscale, psnr, ssim
-from xraysr.training.pipeline import SRPipeline
+from xraysr.training.pipeline import TorchPipeline
 from xraysr.training.visualize import COLUMNS, comparison_grid
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def evaluate(
     otherwise the first ``grid_rows`` images are shown.
     """
     started = time.monotonic()
-    pipeline = SRPipeline.from_checkpoint(checkpoint, data_root)
+    pipeline = TorchPipeline.from_checkpoint(checkpoint, data_root)
     dataset = PairDataset(pipeline.config.data, split)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     generator = torch.Generator().manual_seed(seed)

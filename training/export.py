@@ -24,8 +24,9 @@ from xraysr.service.manifest import (
     sha256_of,
     write_manifest,
 )
+from xraysr.service.sampler import ddim_step
 from xraysr.training.diffusion import ConditionEncoder, make_training_scheduler
-from xraysr.training.pipeline import SRPipeline
+from xraysr.training.pipeline import TorchPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class _UNetStep(nn.Module):
     """The UNet and one deterministic DDIM update (eq. (12), sigma = 0) in one graph: x_t → x_{t-Δ}.
 
     The alphas are inputs, not constants, so one graph serves any step count; a runtime that keeps the
-    sample on the GPU then needs no host round trip between steps. It mirrors service/sampler.py's
-    ``DDIMSampler.step``, and tests/training/test_export_step.py pins the two together.
+    sample on the GPU then needs no host round trip between steps. The update is service/sampler.py's
+    ``ddim_step``, traced, and tests/training/test_export_step.py pins the graph to ``DDIMSampler.step``.
     """
 
     def __init__(self, unet: nn.Module, prediction_type: str) -> None:
@@ -103,25 +104,13 @@ class _UNetStep(nn.Module):
         # One alpha per batch item, broadcast over channels and pixels.
         alpha_t = alpha_t.reshape(-1, 1, 1, 1)
         alpha_prev = alpha_prev.reshape(-1, 1, 1, 1)
-        sqrt_alpha, sqrt_beta = alpha_t.sqrt(), (1.0 - alpha_t).sqrt()
-        if self.prediction_type == "epsilon":
-            predicted_noise = model_output
-            predicted_x0 = (sample - sqrt_beta * model_output) / sqrt_alpha
-        elif self.prediction_type == "sample":
-            predicted_x0 = model_output
-            predicted_noise = (sample - sqrt_alpha * model_output) / sqrt_beta
-        elif self.prediction_type == "v_prediction":
-            predicted_x0 = sqrt_alpha * sample - sqrt_beta * model_output
-            predicted_noise = sqrt_alpha * model_output + sqrt_beta * sample
-        else:
-            raise ValueError(f"unknown prediction_type {self.prediction_type!r}")
-        return alpha_prev.sqrt() * predicted_x0 + (1.0 - alpha_prev).sqrt() * predicted_noise
+        return ddim_step(model_output, sample, alpha_t, alpha_prev, self.prediction_type)
 
 
 UNET_STEP_INPUTS = ["sample", "timestep", "lr_latent", "alpha_t", "alpha_prev"]
 
 
-def export_unet_step(pipeline: SRPipeline, path: Path) -> Component:
+def export_unet_step(pipeline: TorchPipeline, path: Path) -> Component:
     """Writes ``unet_step.onnx``: (sample, timestep, lr_latent, alpha_t, alpha_prev) → next_sample."""
     config = pipeline.config
     latent_size = config.data.hr_size // pipeline.vae.downsample_factor
@@ -196,7 +185,7 @@ def export_model(
     the manifest's optional ``unet_step`` component: TensorRT then runs the whole loop on the GPU, while ONNX
     Runtime keeps the host loop over ``unet.onnx``.
     """
-    pipeline = SRPipeline.from_checkpoint(checkpoint)
+    pipeline = TorchPipeline.from_checkpoint(checkpoint)
     config = pipeline.config
     if config.diffusion.eta != 0.0:
         raise ValueError("the appliance samples with deterministic DDIM (eta = 0); this run was configured otherwise")

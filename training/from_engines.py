@@ -112,9 +112,9 @@ def unet_from_onnx(unet_path: Path, config: UNetConfig, latent_channels: int) ->
 
 
 def _largest_difference(onnx_path: Path, feeds: dict[str, np.ndarray], torch_output: torch.Tensor) -> float:
-    import onnxruntime
+    from xraysr.service.runtimes.onnxruntime import create_session
 
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = create_session(onnx_path)
     (onnx_output,) = session.run(None, feeds)
     return float(np.abs(onnx_output - torch_output.numpy()).max())
 

@@ -1,14 +1,17 @@
 """Image-quality metrics on 8-bit images, with scikit-image's definitions so every number is comparable.
 
 All functions take ``uint8`` arrays of shape ``H×W`` (range [0, 255]) and use ``data_range=255``, the
-convention of ../shared/data/cxr/README.md's bicubic baseline (32.4 dB, 0.894).
+convention of ../shared/data/cxr/README.md's bicubic baseline (32.4 dB, 0.894). PSNR is the service's one
+definition (service/fidelity.py, scikit-image's formula); SSIM is scikit-image's.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import structural_similarity
+
+from xraysr.service import fidelity
 
 
 def _check_pair(prediction: np.ndarray, reference: np.ndarray) -> None:
@@ -20,11 +23,9 @@ def _check_pair(prediction: np.ndarray, reference: np.ndarray) -> None:
 
 
 def psnr(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR in dB; ``inf`` for identical images."""
+    """PSNR in dB (peak 255); ``inf`` for identical images."""
     _check_pair(prediction, reference)
-    if np.array_equal(prediction, reference):
-        return float("inf")
-    return float(peak_signal_noise_ratio(reference, prediction, data_range=255))
+    return fidelity.psnr(prediction, reference, data_range=255)
 
 
 def ssim(prediction: np.ndarray, reference: np.ndarray) -> float:

@@ -15,7 +15,7 @@ from xraysr.training.vae import build_frozen_vae
 
 
 @dataclass
-class SRPipeline:
+class TorchPipeline:
     config: SRTrainConfig
     unet: UNetLite
     vae: torch.nn.Module
@@ -24,7 +24,7 @@ class SRPipeline:
     step: int
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, data_root: Path | None = None) -> SRPipeline:
+    def from_checkpoint(cls, path: str | Path, data_root: Path | None = None) -> TorchPipeline:
         """Loads the EMA weights of an `xraysr train` checkpoint; ``data_root`` overrides the data folder."""
         state = load_checkpoint(Path(path))
         raw = state["config"]

@@ -31,7 +31,7 @@ from xraysr.service.settings import PACKAGED_ENGINES_DIR
 from xraysr.training import unet_lite
 from xraysr.training.data import read_splits
 from xraysr.training.metrics import psnr
-from xraysr.training.pipeline import SRPipeline
+from xraysr.training.pipeline import TorchPipeline
 
 Embedding = Callable[[Tensor, int, float], Tensor]
 
@@ -45,7 +45,7 @@ def embedding_with_half_angles(timesteps: Tensor, dim: int, max_period: float = 
     return F.pad(embedding, (0, dim % 2))
 
 
-def run(pipeline: SRPipeline, lr: list[np.ndarray], embedding: Embedding, dtype: torch.dtype, device: str) -> list:
+def run(pipeline: TorchPipeline, lr: list[np.ndarray], embedding: Embedding, dtype: torch.dtype, device: str) -> list:
     unet_lite.timestep_embedding = embedding  # UNetLite.forward looks it up in its module at call time
     pipeline.unet.to(device=device, dtype=dtype)
     outputs = []
@@ -76,7 +76,7 @@ def main() -> None:
         f"worst over the schedule: {error.max():.3f} (values lie in [-1, 1])"
     )
 
-    pipeline = SRPipeline.from_checkpoint(args.checkpoint, data_root=args.data)
+    pipeline = TorchPipeline.from_checkpoint(args.checkpoint, data_root=args.data)
     rows = [row for row in read_splits(args.data) if row.split == "val"][: args.limit]
     lr = [np.array(Image.open(args.data / "LR_64" / row.filename)) for row in rows]
     hr = [np.array(Image.open(args.data / "HR_256" / row.filename)) for row in rows]

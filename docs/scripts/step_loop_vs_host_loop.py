@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from xraysr.service.manifest import load_manifest
 from xraysr.service.pipeline import SRPipeline
-from xraysr.service.runtimes.onnxruntime import OnnxRuntime
+from xraysr.service.runtimes.onnxruntime import OnnxRuntime, create_session
 
 
 class StepLoop(OnnxRuntime):
@@ -20,7 +19,7 @@ class StepLoop(OnnxRuntime):
     def __init__(self, manifest, model_dir, threads):
         super().__init__(manifest, model_dir, threads)
         path = Path(model_dir) / manifest.components["unet_step"].path
-        self._sessions["unet_step"] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self._sessions["unet_step"] = create_session(path)
         self._output_names["unet_step"] = manifest.components["unet_step"].outputs[0].name
 
     def denoise(self, sample, lr_latent, timesteps, alphas):

@@ -1,4 +1,7 @@
-"""ONNX Runtime on the CPU: one InferenceSession per manifest component, created once at start-up."""
+"""ONNX Runtime on the CPU: one InferenceSession per manifest component, created once at start-up.
+
+``create_session`` is the one place the project makes a session; training/ (quantisation) uses it too.
+"""
 
 from __future__ import annotations
 
@@ -15,22 +18,35 @@ from xraysr.service.runtimes import NO_DEVICE_TIME
 logger = logging.getLogger(__name__)
 
 
+def create_session(path: Path, threads: int | None = None, inter_op_threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session for the ONNX file at ``path``: the project's one place that makes them.
+
+    Args:
+        path: the .onnx file.
+        threads: intra-op threads (within one operator); ``None`` or 0 leaves ONNX Runtime's default (one per
+            physical core).
+        inter_op_threads: threads across independent operators; ``None`` leaves ONNX Runtime's default.
+    """
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if inter_op_threads is not None:
+        options.inter_op_num_threads = inter_op_threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntime:
     backend = "onnxruntime"
 
     def __init__(self, manifest: Manifest, model_dir: Path, threads: int | None = None) -> None:
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        # One request at a time per session keeps latency predictable on a small box; concurrency is
-        # bounded above this layer (settings.max_concurrent_requests).
-        options.inter_op_num_threads = 1
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._output_names: dict[str, str] = {}
         for name in served_components(manifest, device_loop=False):
             component = manifest.components[name]
             path = Path(model_dir) / component.path
-            self._sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            # One request at a time per session keeps latency predictable on a small box; concurrency is
+            # bounded above this layer (settings.max_concurrent_requests).
+            self._sessions[name] = create_session(path, threads=threads, inter_op_threads=1)
             self._output_names[name] = component.outputs[0].name
             logger.info("loaded %s from %s", name, path)
 

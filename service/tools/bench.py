@@ -86,7 +86,7 @@ def bench_in_process(pipeline: SRPipeline, image: np.ndarray, plan: AnswerPlan, 
 def bench_torch_reference(checkpoint: Path, image: np.ndarray, steps: int, runs: int) -> Series:
     import torch
 
-    from xraysr.training.pipeline import SRPipeline as TorchPipeline
+    from xraysr.training.pipeline import TorchPipeline
 
     reference = TorchPipeline.from_checkpoint(checkpoint)
     lr = torch.from_numpy(image.astype(np.float32) / 127.5 - 1.0)[None, None]

@@ -178,7 +178,7 @@ def test_a_working_board_passes_every_check(board: Path) -> None:
     builds = [call for call in run.calls if call.startswith("build-engines")]
     (work,) = board.glob("xraysr-gpu-check.*")
     cache = work / "engines-cache"
-    assert builds == [f"build-engines --precision {p} --cache-dir {cache}" for p in ("fp16", "int8")]
+    assert builds == [f"build-engines --precision {p} --trt-cache-dir {cache}" for p in ("fp16", "int8")]
     serves = [call.split(" --port ")[1].split(" ", 1)[1] for call in run.calls if call.startswith("serve")]
     assert serves == [f"--backend tensorrt --precision {p} --trt-cache-dir {cache}" for p in ("fp16", "int8")]
     assert all(call.startswith("serve --host 127.0.0.1 --port ") for call in run.calls if call.startswith("serve"))

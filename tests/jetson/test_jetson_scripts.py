@@ -341,7 +341,7 @@ def test_the_exit_statuses_the_unit_does_not_retry_are_the_permanent_ones(tmp_pa
         pass
     else:
         pytest.skip("TensorRT is installed here: build-engines would build instead of refusing")
-    build = ["build-engines", "--precision", "fp16", "--cache-dir", str(tmp_path)]
+    build = ["build-engines", "--precision", "fp16", "--trt-cache-dir", str(tmp_path)]
     result = subprocess.run(
         [sys.executable, "-m", "xraysr.service.cli", *build],
         capture_output=True,

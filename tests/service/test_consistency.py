@@ -18,7 +18,7 @@ from xraysr.service.consistency import (
     enforce_consistency,
     guard,
     lr_consistency_psnr,
-    psnr_8bit,
+    shrink_output,
 )
 from xraysr.service.resize import resize_cubic
 
@@ -44,17 +44,19 @@ def _with_invented_detail(hr: np.ndarray, seed: int) -> np.ndarray:
 
 
 def test_psnr_is_capped_and_exact() -> None:
-    image = np.full((64, 64), 100, np.uint8)
-    assert psnr_8bit(image, image) == PSNR_CAP_DB == 99.99
+    sr = np.full((256, 256), 100, np.uint8)
+    image = shrink_output(sr, 64)
+    np.testing.assert_array_equal(image, np.full((64, 64), 100, np.uint8))
+    assert lr_consistency_psnr(image, sr) == PSNR_CAP_DB == 99.99
     one_level = image.copy()
     one_level[3, 5] = 101  # the smallest error there is on 64x64: why 99.99 cannot be mistaken for a real value
-    assert psnr_8bit(one_level, image) == pytest.approx(10 * math.log10(255**2 * 64 * 64))
-    assert psnr_8bit(one_level, image) == pytest.approx(84.25, abs=0.01)
-    assert psnr_8bit(image + 5, image) == pytest.approx(10 * math.log10(255**2 / 25))
+    assert lr_consistency_psnr(one_level, sr) == pytest.approx(10 * math.log10(255**2 * 64 * 64))
+    assert lr_consistency_psnr(one_level, sr) == pytest.approx(84.25, abs=0.01)
+    assert lr_consistency_psnr(image + 5, sr) == pytest.approx(10 * math.log10(255**2 / 25))
     with pytest.raises(ValueError, match="shapes differ"):
-        psnr_8bit(image, image[:32])
-    with pytest.raises(ValueError, match="reference must be a 2-D uint8 image"):
-        psnr_8bit(image, image.astype(np.float32))
+        lr_consistency_psnr(image[:32], sr)  # sr shrinks to 32x32, the input is 32x64
+    with pytest.raises(ValueError, match="lr must be a 2-D uint8 image"):
+        lr_consistency_psnr(image.astype(np.float32), sr)
 
 
 def test_the_real_hr_shrinks_back_to_its_lr_exactly(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:

@@ -42,14 +42,14 @@ CASES = [
     (["train", "--config", str(REPO / "configs" / "sr_all.yaml")], ("torch",), "xraysr[train]", None),
     (["evaluate", "--checkpoint", "missing.pt", "--out", "{out}"], ("diffusers",), "xraysr[train]", "{out}"),
     (["export", "--checkpoint", "missing.pt", "--out", "{out}"], ("onnx",), "xraysr[train]", "{out}"),
-    (["quantize", "--engines", str(REPO / "engines" / "cxr-default"), "--calib", "data", "--out", "{out}"],
+    (["quantize", "--model-dir", str(REPO / "engines" / "cxr-default"), "--calib", "data", "--out", "{out}"],
      ("onnx",), "xraysr[train]", "{out}"),  # fmt: skip
     (["evaluate-served", "--data", "data", "--out", "{out}"], ("httpx",), "xraysr[train]", "{out}"),
     (["bench", "--runs", "1", "--write", "{out}"], ("httpx",), "xraysr[bench]", "{out}"),
     (["bench", "--no-http", "--flops", "--runs", "1", "--write", "{out}"], ("onnx",), "xraysr[train]", "{out}"),
     (["serve", "--backend", "tensorrt", "--port", "1"], ("tensorrt", "pycuda"), "pycuda", None),
     (["upscale", "in.png", "-o", "{out}", "--backend", "tensorrt"], ("pycuda",), "pycuda", "{out}"),
-    (["build-engines", "--precision", "fp16", "--cache-dir", "{out}"], ("tensorrt",), "TensorRT", "{out}"),
+    (["build-engines", "--precision", "fp16", "--trt-cache-dir", "{out}"], ("tensorrt",), "TensorRT", "{out}"),
 ]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xraysr.service.manifest import SamplerSpec
-from xraysr.service.sampler import SEED_MAX, DDIMSampler, initial_noise, sample_seeds
+from xraysr.service.sampler import SEED_MAX, DDIMSampler, ddim_step, initial_noise, sample_seeds
 
 torch = pytest.importorskip("torch", reason="the reference scheduler comes with the train extra")
 diffusers = pytest.importorskip("diffusers", reason="the reference scheduler comes with the train extra")
@@ -58,6 +58,50 @@ def test_matches_diffusers_ddim_trailing(prediction_type: str, steps: int) -> No
             torch.from_numpy(output), int(timestep), reference_sample, eta=0.0
         ).prev_sample
     np.testing.assert_allclose(sample, reference_sample.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("inputs", ["numpy", "torch", "torch, one alpha per batch item"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_ddim_step_is_diffusers_ddim_step(prediction_type: str, inputs: str) -> None:
+    """The one DDIM update (the service's loop, training's floored loop, the traced step graph) against
+    ``DDIMScheduler.step`` with eta = 0 on the project's sampling scheduler, at each step of a 5-step trailing
+    schedule, the last one (199 → alpha = 1) included. The third case feeds the alphas as the step graph does."""
+    from xraysr.training.config import DiffusionConfig
+    from xraysr.training.diffusion import make_sampling_scheduler
+
+    reference = make_sampling_scheduler(DiffusionConfig(prediction_type=prediction_type), "ddim")
+    reference.set_timesteps(5)
+    assert reference.timesteps.tolist() == [999, 799, 599, 399, 199]
+    rng = np.random.default_rng(0)
+    for timestep in reference.timesteps.tolist():
+        previous = timestep - 1000 // 5
+        alpha_t = reference.alphas_cumprod[timestep]
+        alpha_prev = reference.alphas_cumprod[previous] if previous >= 0 else reference.final_alpha_cumprod
+        model_output = rng.standard_normal((2, 4, 8, 8), dtype=np.float32)
+        sample = rng.standard_normal((2, 4, 8, 8), dtype=np.float32)
+        expected = reference.step(torch.from_numpy(model_output), timestep, torch.from_numpy(sample), eta=0.0)
+        match inputs:
+            case "numpy":
+                result = ddim_step(model_output, sample, alpha_t.numpy(), alpha_prev.numpy(), prediction_type)
+                assert isinstance(result, np.ndarray) and result.dtype == np.float32
+            case "torch":
+                result = ddim_step(
+                    torch.from_numpy(model_output), torch.from_numpy(sample), alpha_t, alpha_prev, prediction_type
+                )
+                assert isinstance(result, torch.Tensor) and result.dtype == torch.float32
+                result = result.numpy()
+            case "torch, one alpha per batch item":
+                per_item = [alpha.expand(2).reshape(-1, 1, 1, 1) for alpha in (alpha_t, alpha_prev)]
+                result = ddim_step(
+                    torch.from_numpy(model_output), torch.from_numpy(sample), *per_item, prediction_type
+                ).numpy()
+        np.testing.assert_allclose(result, expected.prev_sample.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_ddim_step_refuses_an_unknown_prediction_type() -> None:
+    zeros = np.zeros((1, 1, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="unknown prediction_type 'x0'"):
+        ddim_step(zeros, zeros, 0.5, 1.0, "x0")
 
 
 def test_step_before_set_timesteps_and_out_of_range_steps_raise() -> None:

@@ -124,7 +124,7 @@ def test_int8_needs_the_quantized_manifest(engines: Path) -> None:
         load_settings(precision="int8")
     message = str(raised.value)
     assert message.startswith("model folder engines/cxr-default has no manifest.int8.json for --precision int8")
-    assert "xraysr quantize --engines engines/cxr-default --calib <prepared data folder>" in message
+    assert "xraysr quantize --model-dir engines/cxr-default --calib <prepared data folder>" in message
     (engines / "cxr-default" / "manifest.int8.json").write_text("{}")
     assert load_settings(precision="int8").precision == "int8"
 

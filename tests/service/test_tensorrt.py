@@ -305,7 +305,7 @@ def test_load_runtime_without_tensorrt_says_what_is_missing(manifest: Manifest) 
 @pytest.mark.skipif(TRT_AVAILABLE, reason="TensorRT and pycuda are installed here")
 def test_build_engines_without_tensorrt_exits_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["build-engines", "--engines-dir", str(DEFAULT_MODEL.parent), "--model", DEFAULT_MODEL.name]
-    assert main([*argv, "--precision", "fp16", "--cache-dir", str(tmp_path)]) == 2
+    assert main([*argv, "--precision", "fp16", "--trt-cache-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err  # the wording is service/commands.py's; one line naming what is missing
     assert error.startswith("xraysr build-engines: error: ") and error.count("\n") == 1
     assert "TensorRT" in error and "pycuda" in error
@@ -329,7 +329,7 @@ def test_build_engines_builds_then_loads(
     fake_tensorrt: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["build-engines", "--engines-dir", str(DEFAULT_MODEL.parent), "--model", DEFAULT_MODEL.name]
-    argv += ["--precision", "fp16", "--cache-dir", str(tmp_path / "plans")]
+    argv += ["--precision", "fp16", "--trt-cache-dir", str(tmp_path / "plans")]
     assert main(argv) == 0
     first = capsys.readouterr().out.splitlines()
     assert first[0] == "Fake Orin (compute capability 8.7), TensorRT 10.3.0"
@@ -349,7 +349,7 @@ def test_build_engines_builds_for_the_batch_serve_will_ask_for(
     # miss its cache key and be built again on the first start.
     monkeypatch.setenv("XRAYSR_MAX_BATCH", "16")
     argv = ["build-engines", "--engines-dir", str(DEFAULT_MODEL.parent), "--model", DEFAULT_MODEL.name]
-    argv += ["--precision", "fp16", "--cache-dir", str(tmp_path / "plans")]
+    argv += ["--precision", "fp16", "--trt-cache-dir", str(tmp_path / "plans")]
     assert main(argv) == 0
     sidecars = [json.loads(path.read_text()) for path in (tmp_path / "plans").glob("*.json")]
     assert sorted(sidecar["max_batch"] for sidecar in sidecars) == [16, 16, 16]

@@ -254,7 +254,7 @@ def test_build_engines_prints_every_component_then_fails(
     from xraysr.service.cli import main
 
     argv = ["build-engines", "--engines-dir", str(cubic_encoder_model.parent), "--model", cubic_encoder_model.name]
-    assert main([*argv, "--precision", "fp16", "--cache-dir", str(tmp_path / "cache"), "--max-batch", "1"]) == 2
+    assert main([*argv, "--precision", "fp16", "--trt-cache-dir", str(tmp_path / "cache"), "--max-batch", "1"]) == 2
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0] == "Fake Orin (compute capability 8.7), TensorRT 8.4.3"

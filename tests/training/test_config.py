@@ -44,7 +44,7 @@ unet:
 diffusion:
   prediction_type: v_prediction
   target_scale: 1.5
-  sample_steps: 10
+  sampling_steps: 10
 """
 
 
@@ -78,7 +78,7 @@ def test_load_an_sr_config(tmp_path: Path) -> None:
     assert config.diffusion.prediction_type == "v_prediction"
     assert config.diffusion.target_scale == 1.5
     assert config.diffusion.target == "residual"
-    assert config.diffusion.sample_steps == 10
+    assert config.diffusion.sampling_steps == 10
 
 
 def test_load_an_sr_config_with_a_diffusers_vae(tmp_path: Path) -> None:
@@ -263,3 +263,15 @@ def test_widths_the_group_norm_cannot_split_are_refused_at_load() -> None:
         UNetConfig(base_channels=12)
     with pytest.raises(ValidationError, match="multiple of 8"):
         CxrVAEConfig(hidden_channels=20)
+
+
+def test_the_old_name_of_sampling_steps_still_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text(SR_YAML.replace("  sampling_steps: 10", "  sample_steps: 10"))
+    assert load_config(path, SRTrainConfig).diffusion.sampling_steps == 10
+    assert "diffusion.sample_steps is renamed diffusion.sampling_steps" in caplog.text
+    path.write_text(SR_YAML.replace("  sampling_steps: 10", "  sample_steps: 10\n  sampling_steps: 10"))
+    with pytest.raises(ConfigError, match="give one of the two"):
+        load_config(path, SRTrainConfig)

@@ -11,27 +11,26 @@ import pytest
 import torch
 
 from xraysr.service.manifest import load_manifest
-from xraysr.service.pipeline import SRPipeline as ServicePipeline
-from xraysr.service.pipeline import to_model_range
+from xraysr.service.pipeline import SRPipeline, to_model_range
 from xraysr.service.runtimes import load_runtime
 from xraysr.service.sampler import initial_noise
 from xraysr.training.data import PairDataset, to_uint8
 from xraysr.training.diffusion import super_resolve
 from xraysr.training.export import _Decoder
 from xraysr.training.metrics import psnr
-from xraysr.training.pipeline import SRPipeline
+from xraysr.training.pipeline import TorchPipeline
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_checkpoint: Path) -> SRPipeline:
-    return SRPipeline.from_checkpoint(tiny_checkpoint)
+def reference(tiny_checkpoint: Path) -> TorchPipeline:
+    return TorchPipeline.from_checkpoint(tiny_checkpoint)
 
 
 def _onnx(engine_dir: Path, name: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(engine_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
 
 
-def test_each_component_matches_pytorch(tiny_engine_dir: Path, reference: SRPipeline) -> None:
+def test_each_component_matches_pytorch(tiny_engine_dir: Path, reference: TorchPipeline) -> None:
     generator = torch.Generator().manual_seed(0)
     lr_image = torch.rand(2, 1, 64, 64, generator=generator) * 2 - 1  # batch 2: the batch axis is dynamic
     latent = torch.randn(2, 16, 64, 64, generator=generator)
@@ -49,10 +48,10 @@ def test_each_component_matches_pytorch(tiny_engine_dir: Path, reference: SRPipe
 
 
 def test_service_pipeline_matches_the_pytorch_reference_sampler(
-    tiny_engine_dir: Path, reference: SRPipeline, tiny_cxr_root: Path
+    tiny_engine_dir: Path, reference: TorchPipeline, tiny_cxr_root: Path
 ) -> None:
     manifest = load_manifest(tiny_engine_dir)
-    service = ServicePipeline(manifest, load_runtime("onnxruntime", manifest, tiny_engine_dir))
+    service = SRPipeline(manifest, load_runtime("onnxruntime", manifest, tiny_engine_dir))
     lr_u8 = to_uint8(PairDataset(reference.config.data, "val")[0][0])[0].numpy()
     for steps, seed in ((4, 7), (25, 123)):
         served = service.upscale(lr_u8, steps=steps, seed=seed)
@@ -67,7 +66,7 @@ def test_service_pipeline_matches_the_pytorch_reference_sampler(
 
 
 def test_a_floored_export_serves_what_the_pytorch_sampler_makes(
-    tiny_checkpoint: Path, reference: SRPipeline, tiny_cxr_root: Path, tmp_path: Path
+    tiny_checkpoint: Path, reference: TorchPipeline, tiny_cxr_root: Path, tmp_path: Path
 ) -> None:
     from xraysr.training.export import export_model
 
@@ -75,7 +74,7 @@ def test_a_floored_export_serves_what_the_pytorch_sampler_makes(
     assert (manifest.sampler.final_timestep, manifest.sampler.default_samples) == (400, 3)
     assert manifest.sampler.timestep_spacing == "floored"
     assert load_manifest(tmp_path).sampler.final_timestep == 400
-    service = ServicePipeline(manifest, load_runtime("onnxruntime", manifest, tmp_path))
+    service = SRPipeline(manifest, load_runtime("onnxruntime", manifest, tmp_path))
     lr_u8 = to_uint8(PairDataset(reference.config.data, "val")[0][0])[0].numpy()
     floored = reference.config.diffusion.model_copy(update={"final_timestep": 400})
     lr = torch.from_numpy(to_model_range(lr_u8))[None, None]
@@ -86,7 +85,7 @@ def test_a_floored_export_serves_what_the_pytorch_sampler_makes(
         assert psnr(service.upscale(lr_u8, steps=steps, seed=5).image, to_uint8(expected)[0, 0].numpy()) >= 40.0
 
 
-def test_manifest_describes_the_export(tiny_engine_dir: Path, reference: SRPipeline) -> None:
+def test_manifest_describes_the_export(tiny_engine_dir: Path, reference: TorchPipeline) -> None:
     manifest = load_manifest(tiny_engine_dir)
     assert manifest.model == "tiny" and manifest.version == "tiny-test" and manifest.precision == "fp32"
     assert [spec.name for spec in manifest.components["unet"].inputs] == ["noisy_latent", "timestep", "lr_latent"]

@@ -59,7 +59,7 @@ def test_a_run_starts_from_the_imported_unet_and_trains_the_estimate(
         tmp_path / "run",
         vae_path,
         init_from=str(sr_path),
-        diffusion={"prediction_type": "sample", "sample_steps": 2, "estimate_fraction": 0.5},
+        diffusion={"prediction_type": "sample", "sampling_steps": 2, "estimate_fraction": 0.5},
         augment={"max_rotation_degrees": 0.0, "acquisition": {"noise_probability": 1.0, "jpeg_probability": 1.0}},
         optim={"batch_size": 2, "max_steps": 1, "warmup_steps": 1, "learning_rate": 1e-30},
     )
@@ -79,7 +79,7 @@ def test_init_from_refuses_another_target_scale(tiny_engine_dir: Path, tiny_cxr_
     scale = load_checkpoint(sr_path)["target_scale"]
     config = sr_config(
         tiny_cxr_root, tmp_path / "run", vae_path, init_from=str(sr_path),
-        diffusion={"sample_steps": 2, "target_scale": scale * 2},
+        diffusion={"sampling_steps": 2, "target_scale": scale * 2},
     )
     with pytest.raises(ValueError, match="target_scale"):
         train_sr(config, resume=None)

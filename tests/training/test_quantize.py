@@ -1,5 +1,5 @@
-"""training/quantize.py: symmetric INT8 QDQ files, manifest.int8.json the service loads, float exclusions, the step
-graph quantized with the UNet's plan, each component's precision, report."""
+"""training/quantize.py: symmetric INT8 QDQ files, manifest.int8.json the service loads, the step graph quantized
+with the UNet's plan, each component's precision, report (the float exclusions themselves: test_quantize_qdq.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from onnx import numpy_helper
 from xraysr.service.engine import load_pipeline
 from xraysr.service.manifest import load_manifest, sha256_of
 from xraysr.service.settings import Settings
-from xraysr.training.quantize import FLOAT_UNET_PARTS, quantize_component, quantize_engines, unet_float_nodes
+from xraysr.training.quantize import quantize_engines
+from xraysr.training.quantize_qdq import FLOAT_UNET_PARTS, unet_float_nodes
 
 
 @pytest.fixture(scope="module")
@@ -89,30 +90,6 @@ def test_the_report_has_components_sensitivity_and_test_scores(quantized: tuple[
     assert (engines.parent / "report" / "quantize_report.json").is_file()
     markdown = (engines.parent / "report" / "quantize_report.md").read_text()
     assert markdown.startswith("## INT8 quantization") and "Step graph (unet_step, the UNet's plan" in markdown
-
-
-def test_excluded_unet_nodes_stay_float(tiny_engine_dir: Path, tmp_path: Path) -> None:
-    unet = tiny_engine_dir / "unet.onnx"
-    float_parts = unet_float_nodes(unet)
-    assert len(float_parts["stem"]) == len(float_parts["head"]) == 1 and float_parts["time_mlp"]
-    excluded = [node for nodes in float_parts.values() for node in nodes]
-    rng = np.random.default_rng(0)
-    feeds = [
-        {
-            "noisy_latent": rng.standard_normal((1, 16, 64, 64), np.float32),
-            "timestep": np.full((1,), timestep, np.float32),
-            "lr_latent": rng.standard_normal((1, 16, 64, 64), np.float32),
-        }
-        for timestep in (999.0, 500.0)
-    ]
-    quantize_component(unet, tmp_path / "unet.int8.onnx", feeds, excluded)
-    nodes = onnx.load(str(tmp_path / "unet.int8.onnx")).graph.node
-    dequantized = {output for node in nodes if node.op_type == "DequantizeLinear" for output in node.output}
-    by_name = {node.name: node for node in nodes}
-    for name in excluded:
-        assert not set(by_name[name].input) & dequantized, f"{name} should read float tensors"
-    convs = [node for node in nodes if node.op_type == "Conv" and node.name not in excluded]
-    assert convs and all(set(node.input[:2]) <= dequantized for node in convs)
 
 
 def _qdq_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:

@@ -45,7 +45,7 @@ def sr_config(root: Path, out: Path, vae_weights: Path, **overrides) -> SRTrainC
         "augment": {"max_rotation_degrees": 10.0},
         "vae": {**TINY_VAE, "checkpoint": str(vae_weights)},
         "unet": TINY_UNET,
-        "diffusion": {"sample_steps": 2},
+        "diffusion": {"sampling_steps": 2},
         "optim": {"batch_size": 2, "max_steps": 4, "warmup_steps": 1, "learning_rate": 1e-3},
         "schedule": {"checkpoint_every": 2, "validate_every": 4, "log_every": 1, "validation_images": 1},
     }
@@ -209,7 +209,7 @@ def test_regression_objective_trains_at_the_last_timestep_only(
         return forward(self, noisy_latent, timestep, lr_latent)
 
     monkeypatch.setattr(UNetLite, "forward", recording_forward)
-    regression = {"objective": "regression", "prediction_type": "sample", "sample_steps": 1}
+    regression = {"objective": "regression", "prediction_type": "sample", "sampling_steps": 1}
     config = sr_config(tiny_cxr_root, tmp_path, identity_vae_weights, diffusion=regression)
     train_sr(config, resume=None)
     assert len(seen) == config.optim.max_steps

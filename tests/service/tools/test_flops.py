@@ -35,12 +35,12 @@ def test_a_single_convolution_costs_what_arithmetic_says(tmp_path: Path) -> None
 def test_unet_flops_agree_with_torch_and_the_table_covers_every_device(
     tiny_engine_dir: Path, tiny_checkpoint: Path
 ) -> None:
-    from xraysr.training.pipeline import SRPipeline
+    from xraysr.training.pipeline import TorchPipeline
     from xraysr.training.unet_lite import flops_per_step
 
     manifest = load_manifest(tiny_engine_dir)
     counted = graph_cost(tiny_engine_dir / "unet.onnx").flops
-    reference = flops_per_step(SRPipeline.from_checkpoint(tiny_checkpoint).unet, 64)
+    reference = flops_per_step(TorchPipeline.from_checkpoint(tiny_checkpoint).unet, 64)
     # torch counts convolutions and matmuls only; the graph count adds norms and activations on top.
     assert reference <= counted <= 1.15 * reference
     table = estimate_table(manifest, tiny_engine_dir, steps=25)
