@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -91,7 +92,8 @@ def run_arrays(job: ArrayJob) -> RunReport:
                 parts.save(result.index, encode_part(result))
                 for index, error in sorted(result.failures.items()):
                     shard = shards[result.index]
-                    progress.write(f"xraysr upscale: error: {_name(shard.key)} image {index}: {error}")
+                    # As a folder run reports a bad file: above the bar, and the run goes on.
+                    progress.write(f"xraysr upscale: error: {_name(shard.key)} image {index}: {error}", sys.stderr)
                 progress.update(len(result.images))
         # 4. the output, whole, in one rename
         failures = _assemble(job, source, image_arrays, shards, parts, manifest.image.hr_size)
