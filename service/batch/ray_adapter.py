@@ -63,6 +63,7 @@ def run_on_ray(
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False  # the run's own bar says the same
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         items: list[dict[str, Any]] = [
             {"index": shard.index, "key": shard.key, "start": shard.start, "stop": shard.stop} for shard in shards
         ]
@@ -77,7 +78,7 @@ def run_on_ray(
             },
             batch_size=1,
             batch_format="numpy",
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=threads,
         )
         for row in answered.iter_rows():
