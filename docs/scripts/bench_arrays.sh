@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 source "${VENV:-.venv}/bin/activate"
+xraysr() { python -m xraysr.service.cli "$@"; }  # this checkout's xraysr, whichever one the venv installed
 N=${N:-512}
 WORK=${TMPDIR:-/tmp}/xraysr_bench_arrays
 rm -rf "$WORK" && mkdir -p "$WORK"

@@ -87,14 +87,18 @@ def run_arrays(job: ArrayJob) -> RunReport:
             )
         # 3. the shards left, each part written as it arrives
         ran = sum(shard.images for shard in remaining)
-        with tqdm(total=total, initial=total - ran, desc="upscale", unit="image", smoothing=0.1) as progress:
-            for result in _execute(job, remaining):
-                parts.save(result.index, encode_part(result))
-                for index, error in sorted(result.failures.items()):
-                    shard = shards[result.index]
-                    # As a folder run reports a bad file: above the bar, and the run goes on.
-                    progress.write(f"xraysr upscale: error: {_name(shard.key)} image {index}: {error}", sys.stderr)
-                progress.update(len(result.images))
+        try:
+            with tqdm(total=total, initial=total - ran, desc="upscale", unit="image", smoothing=0.1) as progress:
+                for result in _execute(job, remaining):
+                    parts.save(result.index, encode_part(result))
+                    for index, error in sorted(result.failures.items()):
+                        shard = shards[result.index]
+                        # As a folder run reports a bad file: above the bar, and the run goes on.
+                        progress.write(f"xraysr upscale: error: {_name(shard.key)} image {index}: {error}", sys.stderr)
+                    progress.update(len(result.images))
+        except BaseException:
+            logger.warning("stopped: the finished shards are in %s; --resume continues from them", parts.folder)
+            raise
         # 4. the output, whole, in one rename
         failures = _assemble(job, source, image_arrays, shards, parts, manifest.image.hr_size)
     if not failures:

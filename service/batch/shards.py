@@ -60,8 +60,9 @@ class ShardResult:
     failures: dict[int, str] = field(default_factory=dict)  # image index in its array → what went wrong
 
 
-class ShardFailed(RuntimeError):
-    """Every image of a shard failed: not a bad image but a broken setup, so the run stops."""
+class ShardFailed(ValueError):
+    """Every image of a shard failed: not a bad image but a broken setup, so the run stops (its finished shards
+    stay in OUT.parts for ``--resume``)."""
 
 
 def image_seed(seed: int, key: str, index: int) -> int:

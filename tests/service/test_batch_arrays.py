@@ -131,3 +131,20 @@ def test_parts_refuse_a_second_run_and_a_resume_with_other_options(tmp_path: Pat
     with pytest.raises(ValueError, match=r"another options \(options: \{'seed': 0\} then, \{'seed': 1\} now\)"):
         Parts(tmp_path / "out.npz").start({"input": "a", "options": {"seed": 1}}, resume=True)
     Parts(tmp_path / "out.npz").start({"input": "a", "options": {"seed": 0}}, resume=True)  # the same: fine
+
+
+def test_reading_a_deflated_archive_shard_by_shard_holds_one_shard(tmp_path: Path) -> None:
+    import tracemalloc
+
+    count, shard = 8192, 256  # 32 MiB of images; a shard is 1 MiB
+    images = np.broadcast_to(np.arange(count, dtype=np.uint8)[:, None, None], (count, 64, 64))
+    np.savez_compressed(tmp_path / "big.npz", train_images=images)
+    del images
+    with ArrayFile(tmp_path / "big.npz") as source:
+        tracemalloc.start()
+        for start in range(0, count, shard):
+            rows = source.read_images("train_images", start, start + shard)
+            assert rows[0, 0, 0] == start % 256 and rows[-1, 0, 0] == (start + shard - 1) % 256
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 4 * shard * 64 * 64, f"peak {peak / 2**20:.1f} MiB"
