@@ -66,8 +66,8 @@ def run_arrays(job: ArrayJob) -> RunReport:
     from xraysr.service.engine import check_manifest
 
     started = time.perf_counter()
-    manifest = check_manifest(job.settings)
     _check_paths(job)
+    manifest = check_manifest(job.settings)
     with ArrayFile(job.source) as source:
         # 1. which arrays are images, and whether every one can be upscaled, from the headers alone
         image_arrays = _image_arrays(source, job, manifest)
