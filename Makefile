@@ -23,9 +23,9 @@ $(VENV)/.serve-installed: pyproject.toml constraints.txt $(VENV)/.package-files
 	$(PIP) $(EDITABLE) .
 	touch $@
 
-# The test install adds the train and dev extras.
+# The test install adds the train, dev and ray extras (tests/service/test_batch_ray.py runs a local Ray instance).
 $(VENV)/.test-installed: pyproject.toml constraints.txt $(VENV)/.package-files
-	$(PIP) $(EDITABLE) '.[train,dev]'
+	$(PIP) $(EDITABLE) '.[train,dev,ray]'
 	touch $@ $(VENV)/.serve-installed
 
 # Loopback by default; `XRAYSR_API_KEY=<key> make serve SERVE_ARGS="--host 0.0.0.0"` to accept other machines.

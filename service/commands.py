@@ -72,15 +72,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     serve.set_defaults(handler=_serve)
 
-    upscale = commands.add_parser("upscale", help="upscale a PNG/DICOM file, or every *.png/*.dcm of a folder")
-    upscale.add_argument("input", type=Path, help="a 64x64 .png or .dcm file, or a folder of them")
+    upscale = commands.add_parser(
+        "upscale",
+        help="upscale a PNG/DICOM file, every *.png/*.dcm of a folder, or every image array of a .npz/.npy",
+    )
+    upscale.add_argument(
+        "input",
+        type=Path,
+        help="a 64x64 .png or .dcm file, or a folder of them; or a .npz/.npy of (N, 64, 64) uint8/uint16 arrays",
+    )
     upscale.add_argument(
         "-o",
         "--output",
         type=Path,
         required=True,
         help="output .png (or folder) for a file, or .dcm for a DICOM input: a DICOM Secondary Capture in the "
-        "input's study (one new series per invocation and study); a folder for a folder (never an input's path)",
+        "input's study (one new series per invocation and study); a folder for a folder (never an input's path); "
+        "a .npz for a .npz (each image array (N, 256, 256) uint8 under its key, other arrays copied), .npy for .npy",
     )
     upscale.add_argument(
         "--steps",
@@ -92,7 +100,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--seed",
         type=seed_argument,
         default=0,
-        help="the loop's noise seed, 0..2147483647 (default 0: reruns give identical files)",
+        help="the loop's noise seed, 0..2147483647 (default 0: reruns give identical files); for arrays, image i "
+        "of array KEY runs from image_seed(SEED, KEY, i) (service/batch/shards.py)",
     )
     upscale.add_argument(
         "--samples",
@@ -110,8 +119,35 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     upscale.add_argument(
         "--uncertainty",
         type=Path,
+        nargs="?",
+        const=True,
+        metavar="PATH",
         help="also write the map the API's JSON answer carries: the calibrated interval's half-width at "
-        "XRAYSR_UNCERTAINTY_COVERAGE (0.9), an 8-bit PNG of uncertainty_scale grey levels (one input file)",
+        "XRAYSR_UNCERTAINTY_COVERAGE (0.9), an 8-bit PNG of uncertainty_scale grey levels (one input file); for "
+        "a .npz, no PATH: <key>_uncertainty arrays of those levels in the output; for a .npy, PATH.npy",
+    )
+    arrays = upscale.add_argument_group("arrays (.npz/.npy input)")
+    arrays.add_argument(
+        "--workers", type=int, help="processes (or Ray actors), the cores split between them (default 1)"
+    )
+    arrays.add_argument(
+        "--shard-size",
+        type=int,
+        help="images per shard: the unit of progress, of resuming and of memory (default 256)",
+    )
+    arrays.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run that OUT.parts/ records, skipping its finished shards (same input and options)",
+    )
+    arrays.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the shards as a Ray Data pipeline on the cluster at ADDRESS (ray://… or host:port), or on a "
+        "local Ray instance when none is given; IN must be at the same path on every node "
+        "(pip install 'xraysr[ray]')",
     )
     _add_model_flags(upscale)
     upscale.set_defaults(handler=upscale_files)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 INSTALL_HINT = {
     "train": "pip install 'xraysr[train]' (from a checkout: pip install -c constraints.txt '.[train]')",
     "bench": "pip install 'xraysr[bench]'",
+    "ray": "pip install 'xraysr[ray]'",
 }
 TENSORRT_HINT = (
     "no pip extra installs them: use JetPack's TensorRT (apt install python3-libnvinfer) and `pip install pycuda` "
@@ -75,6 +76,8 @@ def needs_of(args: argparse.Namespace) -> list[Needs]:
             needs.append(Needs(("onnx",), INSTALL_HINT["train"], "to count FLOPs (--flops)"))
         if args.checkpoint is not None:
             needs.append(Needs(TRAINING, INSTALL_HINT["train"], "to time the PyTorch reference (--checkpoint)"))
+    elif command == "upscale" and getattr(args, "ray", None) is not None:
+        needs.append(Needs(("ray", "pyarrow"), INSTALL_HINT["ray"], "to run on Ray (--ray)"))
     backend = getattr(args, "backend", None) or os.environ.get("XRAYSR_BACKEND")
     if command == "build-engines" or (command in {"serve", "upscale", "bench"} and backend == "tensorrt"):
         needs.append(Needs(("tensorrt", "pycuda"), TENSORRT_HINT, "for the TensorRT backend"))

@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from xraysr.service.pipeline import AnswerPlan, SRPipeline
 
 INPUT_TYPES = {".png": "image/png", ".dcm": "application/dicom"}
+ARRAY_SUFFIXES = (".npz", ".npy")  # image arrays: service/batch/
+# Flags of array runs only (flag → argparse name).
+ARRAY_FLAGS = {
+    "--workers": "workers",
+    "--shard-size": "shard_size",
+    "--resume": "resume",
+    "--ray": "ray",
+}
 
 
 def settings_from(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
@@ -77,9 +85,17 @@ def read_input(path: Path) -> bytes:
 
 
 def upscale_files(args: argparse.Namespace) -> int:
-    """`xraysr upscale`: a PNG/DICOM file, or every *.png/*.dcm of a folder, through the pipeline in-process."""
+    """`xraysr upscale`: a PNG/DICOM file, or every *.png/*.dcm of a folder, through the pipeline in-process;
+    a .npz/.npy of image arrays through service/batch/."""
     from xraysr.service.pipeline import check_samples, choose_answer
 
+    if args.input.suffix.lower() in ARRAY_SUFFIXES:
+        return upscale_arrays(args)
+    given = [flag for flag, name in ARRAY_FLAGS.items() if getattr(args, name, None) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: for .npz/.npy arrays only (a file or a folder runs in this process)")
+    if args.uncertainty is True:
+        raise ValueError("--uncertainty PATH.png: name the file the map is written to")
     settings = settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
     if args.samples is not None:
         check_samples(args.samples, "--samples")
@@ -122,6 +138,44 @@ def upscale_files(args: argparse.Namespace) -> int:
     if len(pairs) > 1:
         print(f"upscaled {len(pairs) - failed} of {len(pairs)} files into {args.output}")
     return 1 if failed else 0
+
+
+def upscale_arrays(args: argparse.Namespace) -> int:
+    """`xraysr upscale IN.npz -o OUT.npz` (or .npy): every image array, in shards (service/batch/run.py)."""
+    from xraysr.service.batch.run import DEFAULT_SHARD_SIZE, ArrayJob, run_arrays
+    from xraysr.service.batch.shards import BatchOptions
+
+    npz = args.input.suffix.lower() == ".npz"
+    if npz and isinstance(args.uncertainty, Path):
+        raise ValueError("--uncertainty: a .npz's maps go into the output as <key>_uncertainty; give no path")
+    job = ArrayJob(
+        source=args.input,
+        output=args.output,
+        options=BatchOptions(
+            steps=args.steps,
+            samples=args.samples,
+            seed=args.seed,
+            consistency=args.consistency or "report",
+            uncertainty=args.uncertainty is not None,
+        ),
+        settings=settings_from(args, ("engines_dir", "model", "backend", "precision", "threads")),
+        shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+        workers=args.workers or 1,
+        resume=args.resume,
+        ray_address=args.ray,
+        uncertainty_output=args.uncertainty if isinstance(args.uncertainty, Path) else None,
+    )
+    report = run_arrays(job)
+    upscaled = report.images - len(report.failures)
+    rate = f", {report.ran / report.seconds:.1f} images/s" if report.ran else ""
+    print(f"upscaled {upscaled} of {report.images} images into {args.output} ({report.ran} this run{rate})")
+    if report.failures:
+        print(
+            f"{len(report.failures)} failed (their rows are 0; listed in <key>_failed): `--resume` retries their "
+            f"shards from {args.output}.parts",
+            file=sys.stderr,
+        )
+    return 1 if report.failures else 0
 
 
 def _describe(finished: Finished) -> str:

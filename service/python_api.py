@@ -77,13 +77,21 @@ class Upscaler:
         seed: int = 0,
         consistency: ConsistencyMode = "report",
         coverage: float | None = None,
+        uncertainty: bool = True,
     ) -> Upscaled:
         """One image's answer, with /upscale's query options: ``steps`` and ``samples`` (neither: the model's
         default answer), ``seed`` (the loop's; default 0, where the server draws one), ``consistency`` ("report"
         or "enforce"); ``coverage`` is the uncertainty map's probability (default: the settings'
-        ``uncertainty_coverage``, the server's)."""
+        ``uncertainty_coverage``, the server's); ``uncertainty=False`` skips the map (as a PNG answer does: the
+        interval costs ~18 ms an image, docs/BENCHMARKS.md)."""
         return self.upscale_batch(
-            [image], steps=steps, samples=samples, seeds=[seed], coverage=coverage, consistency=consistency
+            [image],
+            steps=steps,
+            samples=samples,
+            seeds=[seed],
+            coverage=coverage,
+            consistency=consistency,
+            uncertainty=uncertainty,
         )[0]
 
     def upscale_batch(
@@ -95,6 +103,7 @@ class Upscaler:
         seeds: Sequence[int] | None = None,
         coverage: float | None = None,
         consistency: ConsistencyMode = "report",
+        uncertainty: bool = True,
     ) -> list[Upscaled]:
         """Each image's answer, in order, run as one engine batch: ``images`` as ``upscale`` takes them (or one
         (N, lr, lr) array); image i's loop uses ``seeds[i]`` (default 0 for every image), so an image's answer
@@ -118,16 +127,16 @@ class Upscaler:
                 self.manifest,
                 consistency=consistency,
                 low_db=self.settings.lr_consistency_low_db,
-                coverage=wanted,
+                coverage=wanted if uncertainty else None,
             )
             stage_seconds = {"decode": decode_seconds, **finished.result.stage_seconds}
             stage_seconds["total"] = time.perf_counter() - started  # from the call: the batch's, to this image
-            uncertainty = finished.uncertainty
+            found = finished.uncertainty
             answered.append(
                 Upscaled(
                     image=finished.result.image,
-                    uncertainty=None if uncertainty is None else uncertainty.grey_levels,
-                    coverage=None if uncertainty is None else uncertainty.coverage,
+                    uncertainty=None if found is None else found.grey_levels,
+                    coverage=None if found is None else found.coverage,
                     samples=finished.result.sample_images,
                     answer=finished.result.answer,
                     steps=finished.result.steps,

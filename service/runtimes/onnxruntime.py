@@ -18,11 +18,13 @@ from xraysr.service.runtimes import NO_DEVICE_TIME
 logger = logging.getLogger(__name__)
 
 
-def create_session(path: Path, threads: int | None = None, inter_op_threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session for the ONNX file at ``path``: the project's one place that makes them.
+def create_session(
+    model: Path | bytes, threads: int | None = None, inter_op_threads: int | None = None
+) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session for an ONNX model: the project's one place that makes them.
 
     Args:
-        path: the .onnx file.
+        model: the .onnx file, or a serialized model (a graph edited in memory, as `xraysr bench --flops` does).
         threads: intra-op threads (within one operator); ``None`` or 0 leaves ONNX Runtime's default (one per
             physical core).
         inter_op_threads: threads across independent operators; ``None`` leaves ONNX Runtime's default.
@@ -32,7 +34,8 @@ def create_session(path: Path, threads: int | None = None, inter_op_threads: int
         options.intra_op_num_threads = threads
     if inter_op_threads is not None:
         options.inter_op_num_threads = inter_op_threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntime:

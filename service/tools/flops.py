@@ -91,7 +91,8 @@ def _runtime_shapes(model, batch: int) -> dict[str, list[int]]:
     reshapes of GroupNorm, a run of the graph never does."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
+
+    from xraysr.service.runtimes.onnxruntime import create_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -101,7 +102,7 @@ def _runtime_shapes(model, batch: int) -> dict[str, list[int]]:
             if name and name not in known:
                 probe.graph.output.append(onnx.ValueInfoProto(name=name))
                 known.add(name)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = create_session(probe.SerializeToString())
     feeds = {}
     for tensor in session.get_inputs():
         shape = [batch if not isinstance(dim, int) else dim for dim in tensor.shape]
