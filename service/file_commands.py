@@ -179,11 +179,14 @@ def upscale_arrays(args: argparse.Namespace) -> int:
 
 
 def _describe(finished: Finished) -> str:
-    """What made the file, for several samples their mean spread in grey levels, and its LR consistency."""
-    result = finished.result
+    """What made the file; the mean of the map --uncertainty wrote (the interval's half-width and its coverage),
+    else for several samples their mean spread; and its LR consistency."""
+    result, found = finished.result, finished.uncertainty
     described = result.describe()
-    if result.uncertainty is not None:
-        described += f", uncertainty {float(result.uncertainty.mean()):.2f} grey levels"
+    if found is not None and found.coverage is not None:
+        described += f", interval ± {float(found.grey_levels.mean()):.2f} grey levels at {found.coverage:.0%}"
+    elif result.uncertainty is not None:
+        described += f", spread of the samples {float(result.uncertainty.mean()):.2f} grey levels"
     return f"{described}, LR consistency {finished.fidelity.psnr_db:.2f} dB ({finished.fidelity.mode})"
 
 

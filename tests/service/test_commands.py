@@ -90,7 +90,7 @@ def test_upscale_with_samples_writes_their_mean_and_uncertainty_map(
     np.testing.assert_array_equal(np.asarray(Image.open(output)), expected.image)
     np.testing.assert_array_equal(np.asarray(Image.open(spread)), uncertainty_levels(expected.uncertainty))
     out = capsys.readouterr().out
-    assert f"{output} (2 DDIM steps, mean of 3 samples, seeds 3 to 5, uncertainty " in out
+    assert f"{output} (2 DDIM steps, mean of 3 samples, seeds 3 to 5, spread of the samples " in out
 
 
 def test_upscale_a_folder_with_samples(
@@ -164,3 +164,18 @@ def test_serve_refuses_before_starting_the_server(
     err = capsys.readouterr().err
     assert err.startswith("xraysr serve: error: ") and err.count("\n") == 1
     assert message.format(engines=tiny_engine_dir.parent, model=tiny_engine_dir.name) in err
+
+
+def test_the_printed_line_gives_the_interval_the_map_holds(
+    lr_png_paths: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import xraysr
+
+    engines = Path(__file__).resolve().parents[2] / "engines"
+    output, interval = tmp_path / "sr.png", tmp_path / "interval.png"
+    argv = ["upscale", str(lr_png_paths[0]), "-o", str(output), "--uncertainty", str(interval)]
+    assert main([*argv, "--engines-dir", str(engines), "--precision", "fp32"]) == 0
+    expected = xraysr.load(engines_dir=engines, precision="fp32").upscale(lr_png_paths[0])
+    assert expected.uncertainty is not None and expected.coverage == 0.9
+    mean = float(expected.uncertainty.mean())
+    assert f", interval ± {mean:.2f} grey levels at 90%, LR consistency " in capsys.readouterr().out
