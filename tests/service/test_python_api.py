@@ -85,6 +85,15 @@ def test_a_batch_gives_each_image_what_it_gets_alone(upscaler: xraysr.Upscaler) 
         np.testing.assert_array_equal(result.image, upscaler.upscale(image, samples=2, steps=10, seed=seed).image)
 
 
+def test_skipping_the_map_changes_nothing_else(upscaler: xraysr.Upscaler) -> None:
+    image = _xray(3)
+    full, bare = upscaler.upscale(image), upscaler.upscale(image, uncertainty=False)
+    assert full.uncertainty is not None and full.coverage == 0.9 and "interval" in full.stage_ms
+    assert bare.uncertainty is None and bare.coverage is None and "interval" not in bare.stage_ms
+    np.testing.assert_array_equal(bare.image, full.image)
+    assert bare.consistency == full.consistency
+
+
 def test_16_bit_input_is_mapped_like_a_16_bit_png_and_bad_arrays_are_refused(upscaler: xraysr.Upscaler) -> None:
     lr = _xray(1)
     sixteen = lr.astype(np.uint16) * 257  # 8-bit v is 16-bit 257 v: full range to full range
