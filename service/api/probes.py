@@ -12,19 +12,20 @@ from xraysr.service.app_state import state_of
 router = APIRouter(tags=["probes"])
 
 
-@router.api_route(
-    "/healthz", methods=["GET", "HEAD"], summary="The process answers (it may still be loading the model)."
-)
+# One route per method (not api_route with both): each gets its own OpenAPI operation id.
+HEALTHZ = "The process answers (it may still be loading the model)."
+READYZ = "The model is loaded and the server takes work: 200 with what is served, else 503 and why."
+READYZ_503 = {503: {"description": "loading, draining (shutting down), or failed (the model did not load)."}}
+
+
+@router.get("/healthz", summary=HEALTHZ)
+@router.head("/healthz", summary=HEALTHZ)
 async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.api_route(
-    "/readyz",
-    methods=["GET", "HEAD"],
-    summary="The model is loaded and the server takes work: 200 with what is served, else 503 and why.",
-    responses={503: {"description": "loading, draining (shutting down), or failed (the model did not load)."}},
-)
+@router.get("/readyz", summary=READYZ, responses=READYZ_503)
+@router.head("/readyz", summary=READYZ, responses=READYZ_503)
 async def readyz(request: Request) -> Any:
     state = state_of(request.app)
     lifecycle, pipeline = state.lifecycle, state.pipeline
