@@ -24,17 +24,10 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import cv2
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
 from xraysr.training.prepare_images import (
     MAX_ASPECT_RATIO,
@@ -44,6 +37,7 @@ from xraysr.training.prepare_images import (
     load_grayscale,
 )
 from xraysr.training.prepare_metadata import NIH_COLUMNS, ImageMeta, read_manifest, read_nih_metadata
+from xraysr.training.prepare_pairs import CV2_INTERPOLATION, Interpolation, PairTask, run_tasks, write_atomically
 from xraysr.training.splits import SPLITS, read_patient_splits, split_by_patient, split_counts, splits_table
 
 __all__ = [
@@ -64,11 +58,9 @@ __all__ = [
 ]
 logger = logging.getLogger(__name__)
 
-Interpolation = Literal["area", "cubic", "lanczos"]
 DROP_REASONS = ("no_metadata", "unreadable", "colour", "blank", "too_small", "not_squareable")
 CONVERSIONS = ("16bit", "rgb")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-CV2_INTERPOLATION = {"area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
 
 
 @dataclass(frozen=True)
@@ -119,59 +111,6 @@ class PrepareReport:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class _Task:
-    source: Path
-    hr_path: Path
-    lr_path: Path
-    hr_size: int
-    lr_size: int
-    hr_interpolation: Interpolation
-
-
-def _prepare_one(task: _Task) -> tuple[str | None, str | None]:
-    """One image, in a worker (top level, so the pool can pickle it). Returns (drop reason, conversion)."""
-    # 1. decode to 8-bit grayscale and check quality: unreadable, colour, blank, too_small, not_squareable
-    try:
-        pixels, conversion = load_grayscale(task.source)
-        check_shape(pixels.shape[0], pixels.shape[1], task.hr_size)
-    except DroppedImage as dropped:
-        logger.debug("dropped %s", dropped)
-        return dropped.reason, None
-    # 2. HR: the centre square resized to hr_size; LR: bicubic of the HR, as shared/data/cxr was made
-    hr = cv2.resize(
-        np.ascontiguousarray(center_square(pixels)),
-        (task.hr_size, task.hr_size),
-        interpolation=CV2_INTERPOLATION[task.hr_interpolation],
-    )
-    lr = cv2.resize(hr, (task.lr_size, task.lr_size), interpolation=cv2.INTER_CUBIC)
-    # 3. HR then LR, each renamed into place whole. A pair counts as finished only when both exist, so an
-    #    interrupted run leaves at worst an HR without its LR, which the next run redoes.
-    _write_atomically(task.hr_path, lambda temporary: Image.fromarray(hr).save(temporary, format="PNG"))
-    _write_atomically(task.lr_path, lambda temporary: Image.fromarray(lr).save(temporary, format="PNG"))
-    return None, conversion
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    # Same folder as the target, so os.replace is a rename: a reader sees the old file or the new, never half.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # the pool already fills the cores; OpenCV's own threads would oversubscribe them
-
-
-def _run_tasks(tasks: list[_Task], workers: int, show_progress: bool) -> list[tuple[str | None, str | None]]:
-    workers = min(workers, max(len(tasks), 1))
-    # One worker runs in-process: no pool start-up, and a debugger can step into _prepare_one.
-    with ProcessPoolExecutor(workers, initializer=_init_worker) if workers > 1 else nullcontext() as pool:
-        chunksize = max(1, min(64, len(tasks) // (workers * 8)))
-        outcomes = pool.map(_prepare_one, tasks, chunksize=chunksize) if pool else map(_prepare_one, tasks)
-        return list(tqdm(outcomes, total=len(tasks), desc="prepare", unit="image", disable=not show_progress))
-
-
 def _find_images(images_dir: Path) -> tuple[Path, list[Path]]:
     def images_in(folder: Path) -> list[Path]:
         paths = (path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
@@ -220,7 +159,7 @@ class _Plan:
     report: SourceReport
     kept: list[ImageMeta]
     pending: list[ImageMeta]
-    tasks: list[_Task]
+    tasks: list[PairTask]
 
 
 def prepare(
@@ -300,7 +239,7 @@ set never moves an image a trained model saw into validation or test.
 
     # 3. process what is left of every source in one pool
     tasks = [task for plan in plans for task in plan.tasks]
-    outcomes = iter(_run_tasks(tasks, workers or os.cpu_count() or 1, show_progress))
+    outcomes = iter(run_tasks(tasks, workers or os.cpu_count() or 1, show_progress))
     for plan in plans:
         counts = plan.report.counts
         for output, (reason, conversion) in zip(plan.pending, outcomes, strict=False):
@@ -319,7 +258,7 @@ set never moves an image a trained model saw into validation or test.
     for plan in plans:
         plan.report.splits = split_counts(plan.kept, split_of)
     text = splits_table(kept, split_of)
-    _write_atomically(out_dir / "splits.csv", lambda temporary: temporary.write_text(text))
+    write_atomically(out_dir / "splits.csv", lambda temporary: temporary.write_text(text))
     single = plans[0].report if len(plans) == 1 else None
     report = PrepareReport(
         input_kind=single.input_kind if single else "sources",
@@ -333,7 +272,7 @@ set never moves an image a trained model saw into validation or test.
         elapsed_seconds=round(time.perf_counter() - started, 3),
     )
     text = json.dumps(report.to_dict(), indent=2) + "\n"
-    _write_atomically(out_dir / "prepare_report.json", lambda temporary: temporary.write_text(text))
+    write_atomically(out_dir / "prepare_report.json", lambda temporary: temporary.write_text(text))
     logger.info(
         "prepared %d images from %d source(s) into %s (dropped %s, view-filtered %d, skipped %d) in %.1f s",
         report.counts.kept,
@@ -397,7 +336,7 @@ def _plan(
                 plan.kept.append(output)
             else:
                 plan.pending.append(output)
-                plan.tasks.append(_Task(path, hr_path, lr_path, hr_size, lr_size, hr_interpolation))
+                plan.tasks.append(PairTask(path, hr_path, lr_path, hr_size, lr_size, hr_interpolation))
     return plan
 
 
