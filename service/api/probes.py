@@ -15,7 +15,9 @@ router = APIRouter(tags=["probes"])
 # One route per method (not api_route with both): each gets its own OpenAPI operation id.
 HEALTHZ = "The process answers (it may still be loading the model)."
 READYZ = "The model is loaded and the server takes work: 200 with what is served, else 503 and why."
-READYZ_503: dict[int | str, dict[str, Any]] = {503: {"description": "loading, draining (shutting down), or failed (the model did not load)."}}
+READYZ_503: dict[int | str, dict[str, Any]] = {
+    503: {"description": "loading, draining (shutting down), or failed (the model did not load)."}
+}
 
 
 @router.get("/healthz", summary=HEALTHZ)
