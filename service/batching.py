@@ -193,12 +193,9 @@ class Batcher:
             return self.stopping or all(job.abandoned.is_set() for job in jobs)
 
         try:
-            if jobs[0].answer == "estimate":
-                results = self.pipeline.estimate_batch([job.pixels for job in jobs], should_stop=should_stop)
-            else:
-                results = self.pipeline.upscale_batch(
-                    [(job.pixels, job.seeds) for job in jobs], jobs[0].steps, should_stop=should_stop
-                )
+            results = self.pipeline.answer_batch(
+                [(job.pixels, job.seeds) for job in jobs], jobs[0].answer, jobs[0].steps, should_stop
+            )
         except Stopped:
             if self.stopping:
                 raise ShuttingDown("the server is shutting down") from None

@@ -64,7 +64,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-body-bytes", type=int, help="larger bodies get 413 (default 1048576)")
     serve.add_argument("--request-timeout-s", type=float, help="deadline per upscale, 504 past it (default 60)")
     serve.add_argument("--shutdown-grace-s", type=float, help="time to finish admitted work on SIGTERM (default 8)")
-    serve.add_argument("--max-connections", type=int, help="open connections; more are closed (default 64)")
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections; at the cap the longest-idle is closed, 4 probe-only slots past it (default 64)",
+    )
     serve.add_argument(
         "--trt-cache-dir",
         type=Path,
@@ -284,7 +288,7 @@ def _bench(args: argparse.Namespace) -> int:
     from xraysr.service.pipeline import choose_answer
     from xraysr.service.tools.bench import markdown, run_bench
 
-    settings = settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
+    settings = settings_from(args)
     try:
         plan = choose_answer(read_manifest(settings.model_dir).sampler, args.steps, args.samples)
     except ValueError as error:

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from xraysr.service.interval import check_coverage
 from xraysr.service.manifest import MAX_SAMPLES, Manifest, load_manifest, manifest_name
 from xraysr.service.pipeline import SRPipeline, choose_answer
 from xraysr.service.runtimes import load_runtime
@@ -30,12 +31,11 @@ def check_manifest(settings: Settings) -> Manifest:
             f"--precision {settings.precision} needs {' or '.join(accepted)}: re-export (`xraysr export`) or "
             "re-quantize (`xraysr quantize`) the model"
         )
-    interval = manifest.interval
-    if interval is not None and not interval.coverages[0] <= settings.uncertainty_coverage <= interval.coverages[-1]:
-        raise ValueError(
-            f"uncertainty_coverage {settings.uncertainty_coverage} is outside what {manifest.version}'s interval is "
-            f"calibrated for ({interval.coverages[0]}..{interval.coverages[-1]})"
-        )
+    if manifest.interval is not None:
+        try:
+            check_coverage(manifest.interval, settings.uncertainty_coverage)
+        except ValueError as error:
+            raise ValueError(f"uncertainty_coverage: {error} ({manifest.version}'s interval)") from None
     return manifest
 
 

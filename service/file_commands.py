@@ -26,7 +26,11 @@ ARRAY_FLAGS = {
 }
 
 
-def settings_from(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
+# The flags every model-loading command takes (commands.py's _add_model_flags), as Settings fields.
+MODEL_FLAGS = ("engines_dir", "model", "backend", "precision", "threads")
+
+
+def settings_from(args: argparse.Namespace, names: tuple[str, ...] = MODEL_FLAGS) -> Settings:
     """XRAYSR_* environment variables, overridden by whichever of these flags were given."""
     return load_settings(**{name: getattr(args, name) for name in names})
 
@@ -96,7 +100,7 @@ def upscale_files(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(given)}: for .npz/.npy arrays only (a file or a folder runs in this process)")
     if args.uncertainty is True:
         raise ValueError("--uncertainty PATH.png: name the file the map is written to")
-    settings = settings_from(args, ("engines_dir", "model", "backend", "precision", "threads"))
+    settings = settings_from(args)
     if args.samples is not None:
         check_samples(args.samples, "--samples")
     source: Path = args.input
@@ -155,10 +159,10 @@ def upscale_arrays(args: argparse.Namespace) -> int:
             steps=args.steps,
             samples=args.samples,
             seed=args.seed,
-            consistency=args.consistency or "report",
+            consistency=args.consistency,
             uncertainty=args.uncertainty is not None,
         ),
-        settings=settings_from(args, ("engines_dir", "model", "backend", "precision", "threads")),
+        settings=settings_from(args),
         shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
         workers=args.workers or 1,
         resume=args.resume,

@@ -84,16 +84,20 @@ def scale(answer: np.ndarray, bicubic: np.ndarray, weights: tuple[float, ...]) -
     return np.exp(np.clip(log_scale, -10.0, 10.0)).astype(np.float32)
 
 
+def check_coverage(spec: IntervalSpec, coverage: float) -> None:
+    """A ValueError unless ``coverage`` lies within the coverages the interval was calibrated at."""
+    if not spec.coverages[0] <= coverage <= spec.coverages[-1]:
+        raise ValueError(f"coverage {coverage} is outside the calibrated {spec.coverages[0]}..{spec.coverages[-1]}")
+
+
 def factor(spec: IntervalSpec, answer_kind: AnswerKind, coverage: float) -> float:
     """λ for this kind of answer at ``coverage``, interpolated between the calibrated coverages (λ rises with
     coverage, so the interpolation keeps a wider coverage's interval wider at every pixel)."""
     table = spec.factors.get(answer_kind)
     if table is None:
         raise ValueError(f"the interval is not calibrated for {answer_kind!r} answers ({', '.join(spec.factors)})")
-    coverages = np.asarray(spec.coverages)
-    if not coverages[0] <= coverage <= coverages[-1]:
-        raise ValueError(f"coverage {coverage} is outside the calibrated {coverages[0]}..{coverages[-1]}")
-    return float(np.interp(coverage, coverages, np.asarray(table)))
+    check_coverage(spec, coverage)
+    return float(np.interp(coverage, np.asarray(spec.coverages), np.asarray(table)))
 
 
 def half_width(

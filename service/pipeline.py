@@ -113,9 +113,21 @@ class SRPipeline:
 
     def answer(self, lr_image: np.ndarray, plan: AnswerPlan, seed: int) -> UpscaleResult:
         """What ``plan`` asks for: the estimate (``seed`` unused), or the mean of its samples from ``seed``."""
-        if plan.answer == "estimate":
-            return self.estimate(lr_image)
-        return self.upscale(lr_image, plan.steps, seed, plan.samples)
+        return self.answer_batch([(lr_image, sample_seeds(seed, plan.samples))], plan.answer, plan.steps)[0]
+
+    def answer_batch(
+        self,
+        items: Sequence[tuple[np.ndarray, Sequence[int]]],
+        answer: Answer,
+        steps: int,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[UpscaleResult]:
+        """Several images as one engine batch, each with its samples' seeds: the one-pass estimate of each (the
+        seeds unused), or the mean of its samples after ``steps`` steps. The route's batcher, the Python API and
+        ``answer`` all choose here."""
+        if answer == "estimate":
+            return self.estimate_batch([image for image, _ in items], should_stop)
+        return self.upscale_batch(items, steps, should_stop)
 
     def estimate(self, lr_image: np.ndarray) -> UpscaleResult:
         """An ``lr_size²`` uint8 image → the model's one-pass estimate, with seconds per stage."""

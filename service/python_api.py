@@ -31,6 +31,7 @@ from xraysr.service.answer import finish, stage_milliseconds
 from xraysr.service.consistency import ConsistencyMode, FidelityReport
 from xraysr.service.file_commands import INPUT_TYPES, read_input
 from xraysr.service.imaging import decode_image, rescale_16bit
+from xraysr.service.interval import check_coverage
 from xraysr.service.pipeline import AnswerPlan, SRPipeline, UpscaleResult, choose_answer
 from xraysr.service.sampler import SEED_MAX, sample_seeds
 from xraysr.service.settings import Settings, load_settings
@@ -118,6 +119,8 @@ class Upscaler:
         if len(seeds) != len(decoded) or not all(0 <= seed <= SEED_MAX for seed in seeds):
             raise ValueError(f"need one seed in 0..{SEED_MAX} per image: {len(decoded)} images, seeds {seeds}")
         wanted = self.settings.uncertainty_coverage if coverage is None else coverage
+        if uncertainty and self.manifest.interval is not None:
+            check_coverage(self.manifest.interval, wanted)
         results = self._run([lr for lr, _ in decoded], plan, seeds) if decoded else []
         answered = []
         for (lr, decode_seconds), result in zip(decoded, results, strict=True):
@@ -148,10 +151,8 @@ class Upscaler:
         return answered
 
     def _run(self, lr_images: list[np.ndarray], plan: AnswerPlan, seeds: list[int]) -> list[UpscaleResult]:
-        if plan.answer == "estimate":
-            return self.pipeline.estimate_batch(lr_images)
         items = [(image, sample_seeds(seed, plan.samples)) for image, seed in zip(lr_images, seeds, strict=True)]
-        return self.pipeline.upscale_batch(items, plan.steps)
+        return self.pipeline.answer_batch(items, plan.answer, plan.steps)
 
     def _read(self, image: ImageInput) -> tuple[np.ndarray, float]:
         """The input's (lr, lr) uint8 pixels and the seconds it took to make them (the "decode" stage)."""

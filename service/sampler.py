@@ -123,7 +123,7 @@ def ddim_step(
 
 
 def floored_timesteps(num_train_timesteps: int, steps: int, final_timestep: int) -> np.ndarray:
-    """``steps`` timesteps from ``train_steps - 1`` down to ``final_timestep``, evenly spaced and rounded."""
+    """``steps`` timesteps from ``num_train_timesteps - 1`` down to ``final_timestep``, evenly spaced and rounded."""
     if not 0 <= final_timestep < num_train_timesteps or steps > num_train_timesteps - final_timestep:
         raise ValueError(f"cannot space {steps} distinct steps from {num_train_timesteps - 1} down to {final_timestep}")
     return np.round(np.linspace(num_train_timesteps - 1, final_timestep, steps)).astype(np.int64)

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from xraysr.service.api.probes import PROBES
 from xraysr.service.app_state import state_of
 from xraysr.service.settings import Settings
 
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 _CLOSE_CONNECTIONS_S = 0.5
 
 
-PROBES = frozenset(("/healthz", "/readyz"))
 PROBE_SLOTS = 4
 PROBE_ONLY = "xraysr.probe_only"  # the scope's extensions key marking a request on a probe-only connection
 

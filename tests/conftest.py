@@ -110,6 +110,4 @@ def tiny_trained(tiny_cxr_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_trained: dict[str, Path]) -> Path:
-    checkpoint = tiny_trained["tiny"].parents[1] / "runs" / "tiny" / "checkpoints" / "step_0000002.pt"
-    assert checkpoint.is_file(), checkpoint
-    return checkpoint
+    return tiny_trained["checkpoint"]

@@ -61,9 +61,11 @@ def export_tiny(checkpoint: Path, out: Path, step_graph: bool) -> Path:
 
 
 def build(root: Path, data_root: Path) -> dict[str, Path]:
-    """Trains once and exports both kinds under ``root``/<kind>/engine; returns each model folder by kind."""
+    """Trains once and exports both kinds under ``root``/<kind>/engine; returns each model folder by kind, and
+    the checkpoint they were exported from as "checkpoint"."""
     checkpoint = train_tiny(root, data_root)
-    return {kind: export_tiny(checkpoint, root / kind / ENGINE, step) for kind, step in EXPORTS.items()}
+    made = {kind: export_tiny(checkpoint, root / kind / ENGINE, step) for kind, step in EXPORTS.items()}
+    return {**made, "checkpoint": checkpoint}
 
 
 def main() -> None:
@@ -73,7 +75,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         data_root = build_cxr_root(Path(scratch) / "data", ["train"] * 4 + ["val"] * 2 + ["test"] * 2)
         assert len(xrays.pair_names()) >= 8
-        for kind, folder in build(Path(scratch), data_root).items():
+        made = build(Path(scratch), data_root)
+        for kind in EXPORTS:
+            folder = made[kind]
             shutil.rmtree(checked_in(kind), ignore_errors=True)
             shutil.copytree(folder, checked_in(kind))
             print(f"wrote {checked_in(kind)}: {sum(f.stat().st_size for f in folder.iterdir()) / 1024:.0f} KiB")

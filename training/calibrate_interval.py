@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from xraysr.service.interval import FEATURES
+from xraysr.service.interval import FEATURES, factor
 from xraysr.service.manifest import IntervalSpec, Precision, read_manifest, write_manifest
 from xraysr.training.interval import (
     COVERAGES,
@@ -69,8 +69,7 @@ def calibrate_interval(model_dir: Path, data_root: Path, precision: Precision, w
         validation = adults(answers(kind, "val"))
         calibrated_on[kind] = len(validation.names)
         factors[kind] = calibrate_factors(scores(validation, weights), COVERAGES)
-        logger.info("%s: λ(0.9) = %.3f on %d adult validation answers", kind, factors[kind][40], len(validation.names))
-    return IntervalSpec(
+    spec = IntervalSpec(
         features=FEATURES,
         weights=weights,
         coverages=COVERAGES,
@@ -84,6 +83,9 @@ def calibrate_interval(model_dir: Path, data_root: Path, precision: Precision, w
             "data": data_root.name,
         },
     )
+    for kind, count in calibrated_on.items():
+        logger.info("%s: λ(0.9) = %.3f on %d adult validation answers", kind, factor(spec, kind, 0.9), count)
+    return spec
 
 
 def write_interval(model_dir: Path, precision: Precision, spec: IntervalSpec) -> Path:

@@ -155,6 +155,7 @@ def _import_engines(args: argparse.Namespace) -> int:
 
 
 def _calibrate_interval(args: argparse.Namespace) -> int:
+    from xraysr.service.interval import factor
     from xraysr.training.calibrate_interval import calibrate_interval, write_interval
 
     for precision in args.precision:
@@ -164,7 +165,7 @@ def _calibrate_interval(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "manifest": str(path),
-                    "factor_at_0.9": dict(zip(spec.factors, [t[40] for t in spec.factors.values()], strict=True)),
+                    "factor_at_0.9": {kind: factor(spec, kind, 0.9) for kind in spec.factors},
                 }
             )
         )

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from xraysr.service.renamed_flags import REMOVED_IN
 from xraysr.service.validation import describe_validation_error
 
 logger = logging.getLogger(__name__)
@@ -194,7 +195,9 @@ class DiffusionConfig(_Strict):
         if isinstance(values, dict) and "sample_steps" in values:
             if "sampling_steps" in values:
                 raise ValueError("sample_steps is the old name of sampling_steps: give one of the two")
-            logger.warning("diffusion.sample_steps is renamed diffusion.sampling_steps; the old name goes in 0.4")
+            logger.warning(
+                "diffusion.sample_steps is renamed diffusion.sampling_steps; the old name goes in %s", REMOVED_IN
+            )
             values = {**values, "sampling_steps": values["sample_steps"]}
             del values["sample_steps"]
         return values

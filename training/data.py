@@ -10,12 +10,10 @@ pure functions of (seed, k), so a resumed run sees exactly the batches an uninte
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast, get_args
 
 import numpy as np
 import torch
@@ -23,46 +21,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from xraysr.training.config import AugmentConfig, DataConfig, Split
-from xraysr.training.splits import SPLITS_COLUMNS
+from xraysr.training.splits import read_splits
 
 logger = logging.getLogger(__name__)
-
-# splits.csv's columns but "source", which a set written before sources were recorded lacks.
-REQUIRED_COLUMNS = SPLITS_COLUMNS[:4]
-
-
-@dataclass(frozen=True)
-class SplitRow:
-    filename: str
-    patient_id: str
-    view: str
-    split: Split
-    source: str = ""  # the prepare source it came from; "" in a set written before sources were recorded
-
-
-def read_splits(root: Path) -> list[SplitRow]:
-    path = Path(root) / "splits.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: write the data folder with `xraysr prepare`")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} lacks columns {missing}; expected {list(REQUIRED_COLUMNS)}")
-        rows: list[SplitRow] = []
-        for line, record in enumerate(reader, start=2):
-            if record["split"] not in get_args(Split):
-                raise ValueError(f"{path} line {line}: split {record['split']!r} is not one of {get_args(Split)}")
-            split = cast(Split, record["split"])  # checked just above
-            source = record.get("source") or ""
-            rows.append(SplitRow(record["filename"], record["patient_id"], record["view"], split, source))
-    seen: set[str] = set()
-    for row in rows:
-        if row.filename in seen:
-            raise ValueError(f"{path}: {row.filename} is listed more than once")
-        seen.add(row.filename)
-    return rows
-
 
 def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] → float32 [-1, 1]; 0 and 255 land exactly on -1 and 1."""

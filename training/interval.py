@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from PIL import Image
 from xraysr.service.consistency import bicubic_upscale
 from xraysr.service.interval import FEATURES, features, scale
 from xraysr.service.pipeline import AnswerPlan, SRPipeline
+from xraysr.training.splits import read_splits
 
 COVERAGES = tuple(round(0.5 + 0.01 * step, 2) for step in range(50))  # 0.50 … 0.99
 SPARSIFICATION_FRACTIONS = np.arange(0.0, 1.0, 0.01)
@@ -77,14 +77,6 @@ class Answers:
         )
 
 
-def split_rows(data_root: Path, split: str, sources: Sequence[str] | None = None) -> list[dict[str, str]]:
-    with (data_root / "splits.csv").open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
-    if sources:
-        rows = [row for row in rows if row.get("source", "") in sources]
-    return rows
-
-
 def served_answers(
     pipeline: SRPipeline,
     data_root: Path,
@@ -97,9 +89,9 @@ def served_answers(
 ) -> Answers:
     """Every image of ``split`` (the first ``limit``, none of ``exclude_sources``) answered as ``plan`` says; loop
     seeds are ``seed`` + index × samples."""
-    rows = [row for row in split_rows(data_root, split) if row.get("source", "") not in exclude_sources][:limit]
-    lr = np.stack([np.asarray(Image.open(data_root / "LR_64" / row["filename"])) for row in rows])
-    hr = np.stack([np.asarray(Image.open(data_root / "HR_256" / row["filename"])) for row in rows])
+    rows = [row for row in read_splits(data_root) if row.split == split and row.source not in exclude_sources][:limit]
+    lr = np.stack([np.asarray(Image.open(data_root / "LR_64" / row.filename)) for row in rows])
+    hr = np.stack([np.asarray(Image.open(data_root / "HR_256" / row.filename)) for row in rows])
     answers = []
     if plan.answer == "estimate":
         for start in range(0, len(lr), batch):
@@ -109,8 +101,8 @@ def served_answers(
             answers.append(pipeline.answer(image, plan, seed + index * plan.samples).image)
     bicubic = np.stack([bicubic_upscale(image, hr.shape[-1]) for image in lr])
     return Answers(
-        [row["filename"] for row in rows],
-        [row.get("source", "") for row in rows],
+        [row.filename for row in rows],
+        [row.source for row in rows],
         lr,
         hr,
         np.stack(answers),

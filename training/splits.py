@@ -11,8 +11,9 @@ import io
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast, get_args
 
 from xraysr.training.config import Split
 
@@ -123,3 +124,40 @@ def split_counts(records: Iterable[Record], split_of: dict[str, Split]) -> dict[
         chosen = [record for record in records if split_of[record.filename] == split]
         counts[split] = {"images": len(chosen), "patients": len({record.patient_id for record in chosen})}
     return counts
+
+
+# splits.csv's columns but "source", which a set written before sources were recorded lacks.
+REQUIRED_COLUMNS = SPLITS_COLUMNS[:4]
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    filename: str
+    patient_id: str
+    view: str
+    split: Split
+    source: str = ""  # the prepare source it came from; "" in a set written before sources were recorded
+
+
+def read_splits(root: Path) -> list[SplitRow]:
+    path = Path(root) / "splits.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: write the data folder with `xraysr prepare`")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks columns {missing}; expected {list(REQUIRED_COLUMNS)}")
+        rows: list[SplitRow] = []
+        for line, record in enumerate(reader, start=2):
+            if record["split"] not in get_args(Split):
+                raise ValueError(f"{path} line {line}: split {record['split']!r} is not one of {get_args(Split)}")
+            split = cast(Split, record["split"])  # checked just above
+            source = record.get("source") or ""
+            rows.append(SplitRow(record["filename"], record["patient_id"], record["view"], split, source))
+    seen: set[str] = set()
+    for row in rows:
+        if row.filename in seen:
+            raise ValueError(f"{path}: {row.filename} is listed more than once")
+        seen.add(row.filename)
+    return rows

@@ -26,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from xraysr.training.acquisition import apply_acquisition, draw_acquisition, is_identity
 from xraysr.training.checkpoint import (
     EMA,
+    checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -380,7 +381,7 @@ def validate(
 
 def save_training_checkpoint(config: SRTrainConfig, state: TrainingState, accelerator: Accelerator) -> Path:
     """Writes checkpoints/step_NNNNNNN.pt: all ``start_state`` needs to resume, and the config it was trained with."""
-    path = config.run_dir / "checkpoints" / f"step_{state.step:07d}.pt"
+    path = checkpoint_path(config.run_dir, state.step)
     save_checkpoint(
         path,
         {

@@ -24,9 +24,9 @@ from xraysr.service.manifest import read_manifest, write_manifest
 from xraysr.service.pipeline import choose_answer
 from xraysr.service.settings import load_settings
 from xraysr.training.calibrate_interval import CHILDREN
-from xraysr.training.interval import split_rows
 from xraysr.training.metrics import psnr, ssim
 from xraysr.training.scoring import bilinear_upscale, gradient_magnitude
+from xraysr.training.splits import read_splits
 
 MODEL = Path("engines/cxr-default")
 DATA = Path("runs/data/all5")
@@ -79,7 +79,7 @@ def model_at(final_timestep: int, folder: Path) -> Path:
 def run(split: str, every: int, final_timestep: int | None, samples: int) -> dict[str, dict[str, float]]:
     from PIL import Image
 
-    rows = [row for row in split_rows(DATA, split) if row.get("source") != CHILDREN][::every]
+    rows = [row for row in read_splits(DATA) if row.split == split and row.source != CHILDREN][::every]
     with tempfile.TemporaryDirectory() as scratch:
         model = MODEL if final_timestep is None else model_at(final_timestep, Path(scratch))
         settings = load_settings(engines_dir=model.parent, model=model.name, precision="fp32")
@@ -89,8 +89,8 @@ def run(split: str, every: int, final_timestep: int | None, samples: int) -> dic
         per_method: dict[str, list[dict[str, float]]] = {}
         spreads = []
         for index, row in enumerate(rows):
-            lr = np.asarray(Image.open(DATA / "LR_64" / row["filename"]))
-            hr = np.asarray(Image.open(DATA / "HR_256" / row["filename"]))
+            lr = np.asarray(Image.open(DATA / "LR_64" / row.filename))
+            hr = np.asarray(Image.open(DATA / "HR_256" / row.filename))
             looped = pipeline.answer(lr, loop, index * samples)
             assert looped.sample_images is not None and looped.uncertainty is not None
             spreads.append(float(looped.uncertainty.mean()))

@@ -22,8 +22,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xraysr.service.api.probes import PROBES
+
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-PROBES = frozenset(("/healthz", "/readyz"))
 # The page loads only its own files; previews and downloads are data: and blob: URLs it makes itself.
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; connect-src 'self' blob:; object-src 'none'; "

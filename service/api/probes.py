@@ -10,6 +10,9 @@ from fastapi.responses import JSONResponse
 from xraysr.service.app_state import state_of
 
 router = APIRouter(tags=["probes"])
+# What a load balancer or orchestrator calls: exempt from the Host check (api/browser.py) and served on the
+# probe-only connections past the connection cap (server.py).
+PROBES = frozenset(("/healthz", "/readyz"))
 
 
 # One route per method (not api_route with both): each gets its own OpenAPI operation id.

@@ -89,7 +89,7 @@ SamplesQuery = Annotated[
     int | None,
     Query(
         description=f"Diffusion samples averaged into the answer, 1–{MAX_SAMPLES} (with steps alone: the "
-        "manifest's default_samples); sample k uses seed + k. Above 1 the JSON answer adds their spread."
+        "manifest's default_samples); sample k uses seed + k. Above 1 the JSON answer adds each sample."
     ),
 ]
 ConsistencyQuery = Annotated[

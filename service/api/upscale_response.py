@@ -29,8 +29,9 @@ from xraysr.service.uncertainty import UNCERTAINTY_SCALE, uncertainty_png
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"image/png": {}, "application/json": {}, "application/dicom": {}},
-        "description": "A 256×256 8-bit grayscale PNG, or JSON with it (and, for samples > 1, the uncertainty "
-        "map) base64-encoded when Accept asks for JSON. For a DICOM input, Accept: application/dicom answers a "
+        "description": "A 256×256 8-bit grayscale PNG, or JSON with it (and its uncertainty map: the calibrated "
+        "interval, or for a model without one the spread of two or more samples) base64-encoded when Accept asks "
+        "for JSON. For a DICOM input, Accept: application/dicom answers a "
         "DICOM Secondary Capture (SOP Class 1.2.840.10008.5.1.4.1.1.7) of the same pixels: the input's patient and "
         "study, a new series (one per server run and study), ImageType DERIVED\\SECONDARY, a DerivationDescription "
         "naming the model, steps, samples and seed and that it is synthetic, PixelSpacing scaled by 1/4, 8-bit "
@@ -62,6 +63,7 @@ class Encoded:
     dicom: bytes | None
     samples_png: list[bytes] | None  # the JSON answer's diffusion samples, for two or more
     bicubic_png: bytes  # the baseline, for the JSON answer; else empty
+    uncertainty_png: bytes | None  # the JSON answer's map, when it has one
     stage_seconds: dict[str, float]  # "png", or "dicom" for a DICOM answer
 
 
@@ -73,13 +75,15 @@ def encode(
     started = time.perf_counter()
     if source is not None:
         dicom = answer_dicom(finished, source, manifest, uid_root)
-        return Encoded(b"", dicom, None, b"", {"dicom": time.perf_counter() - started})
-    png, samples_png, bicubic_png = answer_png(finished, manifest), None, b""
+        return Encoded(b"", dicom, None, b"", None, {"dicom": time.perf_counter() - started})
+    png, samples_png, bicubic_png, map_png = answer_png(finished, manifest), None, b"", None
     if as_json:
         bicubic_png = encode_png(baseline(finished, manifest))
         if finished.result.sample_images is not None:
             samples_png = [encode_png(sample) for sample in finished.result.sample_images]
-    return Encoded(png, None, samples_png, bicubic_png, {"png": time.perf_counter() - started})
+        if finished.uncertainty is not None:
+            map_png = uncertainty_png(finished.uncertainty.grey_levels)
+    return Encoded(png, None, samples_png, bicubic_png, map_png, {"png": time.perf_counter() - started})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,9 +187,9 @@ def _uncertainty_fields(finished: Finished, encoded: Encoded) -> dict[str, Any]:
         "uncertainty_coverage": None,
         "samples_png_base64": None,
     }
-    if finished.uncertainty is not None:
+    if finished.uncertainty is not None and encoded.uncertainty_png is not None:
         fields.update(
-            uncertainty_png_base64=base64.b64encode(uncertainty_png(finished.uncertainty.grey_levels)).decode(),
+            uncertainty_png_base64=base64.b64encode(encoded.uncertainty_png).decode(),
             uncertainty_scale=UNCERTAINTY_SCALE,
             uncertainty_mean=round(float(finished.uncertainty.grey_levels.mean()), 4),
             uncertainty_coverage=finished.uncertainty.coverage,

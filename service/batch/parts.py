@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from xraysr.service.batch.shards import ShardResult
+from xraysr.service.runtimes.atomic import write_atomically
 
 PLAN_FORMAT = 1
 
@@ -82,7 +82,7 @@ class Parts:
                 )
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._write(plan_path, json.dumps(plan, indent=2, sort_keys=True).encode())
+        write_atomically(plan_path, json.dumps(plan, indent=2, sort_keys=True).encode())
 
     def finished(self) -> set[int]:
         """The shards whose part is whole and has no failed image."""
@@ -99,20 +99,7 @@ class Parts:
 
     def save(self, index: int, part: bytes) -> None:
         """A shard's part (``encode_part``), whole or not at all."""
-        self._write(self.path(index), part)
-
-    def load(self, index: int) -> ShardResult:
-        return decode_part(self.path(index))
+        write_atomically(self.path(index), part)  # a killed run leaves no half-written part
 
     def remove(self) -> None:
         shutil.rmtree(self.folder)
-
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        """``data`` into ``path`` whole or not at all: a killed run leaves no half-written part."""
-        temporary = path.with_name(path.name + ".tmp")
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)

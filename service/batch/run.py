@@ -187,7 +187,7 @@ def _execute(job: ArrayJob, shards: list[Shard]) -> Iterator[ShardResult]:
     if job.on_ray:
         from xraysr.service.batch.ray_adapter import run_on_ray
 
-        threads = job.settings.threads or max(1, usable_cores() // job.workers)
+        threads = threads_per_worker(job.settings, job.workers) or usable_cores()  # Ray needs a number of CPUs
         return run_on_ray(job.ray_address or None, job.settings, job.source, job.options, shards, job.workers, threads)
     if job.workers == 1:
         return run_in_process(job.settings, job.source, job.options, shards)

@@ -85,6 +85,17 @@ def test_a_batch_gives_each_image_what_it_gets_alone(upscaler: xraysr.Upscaler) 
         np.testing.assert_array_equal(result.image, upscaler.upscale(image, samples=2, steps=10, seed=seed).image)
 
 
+def test_a_coverage_the_interval_was_not_calibrated_for_is_refused(
+    upscaler: xraysr.Upscaler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_run(*args: object) -> None:
+        raise AssertionError("the engines ran")
+
+    monkeypatch.setattr(upscaler.pipeline, "answer_batch", not_run)
+    with pytest.raises(ValueError, match="coverage 0.3 is outside the calibrated 0.5..0.99"):
+        upscaler.upscale(_xray(1), coverage=0.3)
+
+
 def test_skipping_the_map_changes_nothing_else(upscaler: xraysr.Upscaler) -> None:
     image = _xray(3)
     full, bare = upscaler.upscale(image), upscaler.upscale(image, uncertainty=False)

@@ -17,16 +17,15 @@ from xraysr.training.config import AugmentConfig, DataConfig
 from xraysr.training.data import (
     AugmentParameters,
     PairDataset,
-    SplitRow,
     apply_augmentation,
     augment_pair,
     augmentation_generator,
     batch_at_step,
     draw_augmentation,
-    read_splits,
     to_uint8,
     to_unit_range,
 )
+from xraysr.training.splits import SplitRow, read_splits
 
 CXR = xrays.XRAYS  # the suite's own X-ray pairs, laid out as `xraysr prepare` writes them
 SPLIT_OF = ["train"] * 5 + ["val"] * 2 + ["test"]

@@ -41,14 +41,14 @@ def test_bench_samples_runs_every_request_with_k_samples(
     tiny_engine_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     requested: list[int] = []
-    real_upscale = SRPipeline.upscale
+    real_upscale_batch = SRPipeline.upscale_batch
 
-    def spy(self: SRPipeline, *args: Any, **kwargs: Any) -> UpscaleResult:
-        result = real_upscale(self, *args, **kwargs)
-        requested.append(result.samples)
-        return result
+    def spy(self: SRPipeline, *args: Any, **kwargs: Any) -> list[UpscaleResult]:
+        results = real_upscale_batch(self, *args, **kwargs)
+        requested.extend(result.samples for result in results)
+        return results
 
-    monkeypatch.setattr(SRPipeline, "upscale", spy)
+    monkeypatch.setattr(SRPipeline, "upscale_batch", spy)
     image = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
     plan = AnswerPlan("samples", 2, 4)
     series = run_bench(tiny_engine_dir.parent, tiny_engine_dir.name, image, plan, runs=2, http=False)
@@ -62,13 +62,13 @@ def test_bench_times_the_default_answer_and_both_precisions(
 ) -> None:
     """With no --steps or --samples it times the estimate, at FP32 and INT8 in one run, whichever auto chose."""
     estimates: list[int] = []
-    real_estimate = SRPipeline.estimate
+    real_estimate_batch = SRPipeline.estimate_batch
 
-    def spy(self: SRPipeline, image: np.ndarray) -> UpscaleResult:
-        estimates.append(1)
-        return real_estimate(self, image)
+    def spy(self: SRPipeline, images: list[np.ndarray], *args: Any) -> list[UpscaleResult]:
+        estimates.extend(1 for _ in images)
+        return real_estimate_batch(self, images, *args)
 
-    monkeypatch.setattr(SRPipeline, "estimate", spy)
+    monkeypatch.setattr(SRPipeline, "estimate_batch", spy)
     flags = ["--engines-dir", str(model_with_int8.parent), "--model", model_with_int8.name, "--threads", "1"]
     assert main(["bench", "--runs", "2", "--no-http", "--precision", "int8", *flags]) == 0
     report = capsys.readouterr().out
