@@ -56,3 +56,14 @@ for clients in 1 4; do
     'BEGIN {printf "server process: %.1f CPU s, %.0f CPU ms per image\n", b - a, 1000 * (b - a) / n}'
 done
 kill -TERM $pid; wait $pid || true
+# The deflated output's serial tail: the one-process run's 512 answers compressed again, timed.
+python - "$WORK/one_process_$N.npz" <<'PY'
+import io, sys, time
+import numpy as np
+answers = np.load(sys.argv[1])["train_images"]
+buffer, started = io.BytesIO(), time.perf_counter()
+np.savez_compressed(buffer, train_images=answers)
+seconds = time.perf_counter() - started
+print(f"zlib: {answers.nbytes / 2**20:.1f} MiB -> {buffer.tell() / 2**20:.1f} MiB in {seconds:.2f} s, "
+      f"{answers.nbytes / 2**20 / seconds:.1f} MiB/s")
+PY
